@@ -1,0 +1,25 @@
+# lhdiscord: PGXS build.
+#
+#   make && sudo make install      build and install into the PostgreSQL 15 tree
+#   bash test/run                  the whole test suite (see README.md)
+
+PG_CONFIG ?= $(shell test -x /usr/lib/postgresql/15/bin/pg_config && echo /usr/lib/postgresql/15/bin/pg_config || echo pg_config)
+
+EXTENSION  = lhdiscord
+MODULE_big = lhdiscord
+OBJS       = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
+DATA       = $(sort $(wildcard sql/lhdiscord--*.sql))
+
+# pg_regress inputs are sql/<test>.sql (everything but the install scripts).
+REGRESS    = $(sort $(patsubst sql/%.sql,%,$(filter-out sql/lhdiscord--%,$(wildcard sql/*.sql))))
+ISOLATION  = $(sort $(patsubst test/isolation/specs/%.spec,%,$(wildcard test/isolation/specs/*.spec)))
+ISOLATION_OPTS = --inputdir=test/isolation
+
+PG_CPPFLAGS = -I$(srcdir)/src
+SHLIB_LINK  = -lcurl -ljansson -lcrypto
+PG_CFLAGS   = -Wshadow=compatible-local
+
+EXTRA_CLEAN = test/results test/isolation/output_iso
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

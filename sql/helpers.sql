@@ -1,0 +1,32 @@
+-- avatar_url, display_name, has_discord_linked and the account views.
+\i sql/include/reset.sql
+
+INSERT INTO lhdiscord.users (user_id, username, membership_level) VALUES
+  (1, 'alice', 'traveler'), (2, 'bob', 'citizen'), (3, 'nolink', 'citizen');
+SELECT (lhdiscord.link_account(1, '80351110224678912', 'alice_d', 'Alice A', 'a1b2c3d4e5f60718293a4b5c6d7e8f90')).id IS NOT NULL AS linked;
+SELECT (lhdiscord.link_account(2, '175928847299117063', 'bob_d', NULL, NULL)).id IS NOT NULL AS linked;
+UPDATE lhdiscord.discord_accounts SET avatar_hash = 'a_0123456789abcdef0123456789abcdef' WHERE user_id = 2;
+
+SET ROLE lhd_app;
+SELECT a.username, lhdiscord.display_name(a), lhdiscord.avatar_url(a)
+  FROM lhdiscord.accounts_of(1, 1) a;
+RESET ROLE;
+
+SELECT username, lhdiscord.display_name(a), lhdiscord.avatar_url(a)
+  FROM lhdiscord.discord_accounts a ORDER BY id;
+-- Without a hash: Discord's default avatar, (id >> 22) % 6.
+UPDATE lhdiscord.discord_accounts SET avatar_hash = NULL;
+SELECT discord_user_id, lhdiscord.avatar_url(a) FROM lhdiscord.discord_accounts a ORDER BY id;
+
+SET ROLE lhd_app;
+SELECT user_id, lhdiscord.has_discord_linked(user_id) FROM lhdiscord.users ORDER BY user_id;
+SELECT lhdiscord.has_discord_linked(404) AS unknown_user;
+SELECT expect_error('SELECT lhdiscord.has_discord_linked(NULL)');
+SELECT portal_username, discord_user_id, username, display_name, avatar_url FROM lhdiscord.active_accounts ORDER BY id;
+SELECT portal_username, status, has_access_token, pending_jobs FROM lhdiscord.account_overview ORDER BY id;
+RESET ROLE;
+
+-- A brigged account is still linked but not active.
+UPDATE lhdiscord.discord_accounts SET status = 'brigged' WHERE user_id = 2;
+SELECT lhdiscord.has_discord_linked(2);
+SELECT count(*) AS active_views FROM lhdiscord.active_accounts;

@@ -1,0 +1,170 @@
+/*-------------------------------------------------------------------------
+ *
+ * audit.c
+ *	  The append-only audit log.
+ *
+ * Owns lhd_audit() (the one writer every decision goes through), the guard
+ * trigger that refuses UPDATE, DELETE and TRUNCATE on lhdiscord.audit_log
+ * for every role including the owner and superusers, and the documented
+ * retention function purge_audit_log(), which is the only path that may
+ * remove rows.  The guard recognises the purge through a backend-local flag
+ * that only C code can set, so no setting or role can switch it off.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "lhdiscord.h"
+
+PG_FUNCTION_INFO_V1(audit_log_guard);
+PG_FUNCTION_INFO_V1(purge_audit_log);
+
+/* True only while purge_audit_log() runs its DELETE. */
+static bool purge_in_progress = false;
+
+/* Minimum age of rows that retention may remove. */
+#define AUDIT_MIN_RETENTION_DAYS 30
+
+static LhdPlan insert_plan = {
+	.sql = "INSERT INTO lhdiscord.audit_log "
+	"(action, actor_user_id, subject_user_id, entity, entity_pk, "
+	" before_json, after_json, description) "
+	"VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8)",
+	.nargs = 8,
+	.argtypes = {TEXTOID, INT8OID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID}
+};
+
+/* Write one audit row.  Caller must be connected to SPI. */
+void
+lhd_audit(const LhdAudit *a)
+{
+	Datum		values[8];
+	char		nulls[8];
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = CStringGetTextDatum(a->action);
+	values[1] = Int64GetDatum(a->actor_user_id);
+	nulls[1] = a->actor_user_id ? ' ' : 'n';
+	values[2] = Int64GetDatum(a->subject_user_id);
+	nulls[2] = a->subject_user_id ? ' ' : 'n';
+#define OPT_TEXT(i, v) \
+	do { if ((v) != NULL) values[i] = CStringGetTextDatum(v); else nulls[i] = 'n'; } while (0)
+	OPT_TEXT(3, a->entity);
+	OPT_TEXT(4, a->entity_pk);
+	OPT_TEXT(5, a->before_json);
+	OPT_TEXT(6, a->after_json);
+	OPT_TEXT(7, a->description);
+#undef OPT_TEXT
+	lhd_exec(&insert_plan, values, nulls, false, 0);
+}
+
+/*
+ * Trigger: BEFORE UPDATE OR DELETE (row) and BEFORE TRUNCATE (statement) on
+ * lhdiscord.audit_log.  Enabled ALWAYS, so session_replication_role does not
+ * bypass it either.
+ */
+Datum
+audit_log_guard(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	const char *op;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "audit_log_guard: not called by trigger manager");
+
+	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event) && purge_in_progress)
+		return PointerGetDatum(trigdata->tg_trigtuple);
+
+	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+		op = "UPDATE";
+	else if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
+		op = "DELETE";
+	else
+		op = "TRUNCATE";
+
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("lhdiscord.audit_log is append-only"),
+			 errdetail("%s is not allowed on the audit log for any role.", op),
+			 errhint("Old rows can be removed only with lhdiscord.purge_audit_log().")));
+	PG_RETURN_NULL();
+}
+
+/*
+ * purge_audit_log(older_than interval) -> bigint
+ *
+ * The retention function: deletes rows created before now() - older_than,
+ * refuses anything younger than AUDIT_MIN_RETENTION_DAYS, and records the
+ * purge itself as an audit row.  Not granted to PUBLIC.
+ */
+Datum
+purge_audit_log(PG_FUNCTION_ARGS)
+{
+	static LhdPlan delete_plan = {
+		.sql = "DELETE FROM lhdiscord.audit_log WHERE created_at < now() - $1",
+		.nargs = 1,
+		.argtypes = {INTERVALOID}
+	};
+	Interval   *older_than;
+	Interval	minimum;
+	int64		removed;
+	char	   *interval_text;
+	StringInfoData after;
+	LhdAudit	a = {0};
+
+	lhd_require_not_null(PG_ARGISNULL(0), "older_than");
+	older_than = PG_GETARG_INTERVAL_P(0);
+
+	memset(&minimum, 0, sizeof(minimum));
+	minimum.day = AUDIT_MIN_RETENTION_DAYS;
+	if (DatumGetInt32(DirectFunctionCall2(interval_cmp,
+										  IntervalPGetDatum(older_than),
+										  IntervalPGetDatum(&minimum))) < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("audit retention must keep at least %d days", AUDIT_MIN_RETENTION_DAYS),
+				 errhint("Pass an interval of at least '%d days'.", AUDIT_MIN_RETENTION_DAYS)));
+
+	interval_text = DatumGetCString(DirectFunctionCall1(interval_out,
+														IntervalPGetDatum(older_than)));
+
+	SPI_connect();
+	purge_in_progress = true;
+	PG_TRY();
+	{
+		Datum		values[1] = {IntervalPGetDatum(older_than)};
+
+		removed = lhd_exec(&delete_plan, values, NULL, false, 0);
+	}
+	PG_FINALLY();
+	{
+		purge_in_progress = false;
+	}
+	PG_END_TRY();
+
+	initStringInfo(&after);
+	appendStringInfo(&after, "{\"rows_removed\": " INT64_FORMAT ", ", removed);
+	{
+		bool		first = true;
+
+		lhd_json_append_str(&after, "older_than", interval_text, &first);
+	}
+	appendStringInfoChar(&after, '}');
+
+	a.action = "audit_log_purged";
+	a.entity = "audit_log";
+	a.after_json = after.data;
+	a.description = psprintf("Audit rows older than %s removed by %s",
+							 interval_text, GetUserNameFromId(GetUserId(), false));
+	lhd_audit(&a);
+	SPI_finish();
+
+	PG_RETURN_INT64(removed);
+}

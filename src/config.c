@@ -1,0 +1,428 @@
+/*-------------------------------------------------------------------------
+ *
+ * config.c
+ *	  The lhdiscord.* configuration parameters (GUCs) and their validation.
+ *
+ * Owns every setting of SPEC section 4.  Secrets (bot token, client secret,
+ * encryption key) are GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL, and their check
+ * hooks replace PostgreSQL's default "invalid value ... \"<value>\"" message
+ * so that a rejected secret is never echoed into an error or the log.
+ *
+ * Policy settings are PGC_SUSET so that a superuser can override them for a
+ * transaction or a test; the worker re-reads everything on SIGHUP.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <ctype.h>
+#include <limits.h>
+
+#include "utils/guc.h"
+
+#include "lhdiscord.h"
+
+char	   *lhd_database = NULL;
+char	   *lhd_api_base_url = NULL;
+int			lhd_api_mode = LHD_API_LIVE;
+char	   *lhd_bot_token = NULL;
+char	   *lhd_guild_id = NULL;
+char	   *lhd_client_id = NULL;
+char	   *lhd_client_secret = NULL;
+char	   *lhd_redirect_uri = NULL;
+char	   *lhd_encryption_key = NULL;
+int			lhd_max_discord_accounts = 1;
+int			lhd_governance_mode = LHD_GOV_DISCORD_LEADING;
+char	   *lhd_entitlement_key = NULL;
+int			lhd_snapshot_max_age = 21600;
+char	   *lhd_privileged_roles = NULL;
+int			lhd_reconcile_interval = 600;
+int			lhd_reconcile_max_suspend_percent = 20;
+int			lhd_snapshot_max_shrink_percent = 50;
+
+static const struct config_enum_entry api_mode_options[] = {
+	{"live", LHD_API_LIVE, false},
+	{"fake", LHD_API_FAKE, false},
+	{NULL, 0, false}
+};
+
+static const struct config_enum_entry governance_mode_options[] = {
+	{"discord_leading", LHD_GOV_DISCORD_LEADING, false},
+	{"portal_leading", LHD_GOV_PORTAL_LEADING, false},
+	{NULL, 0, false}
+};
+
+#define SECRET_FLAGS (GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL)
+
+/*
+ * The API base URL must be https, or plain http to a loopback host (the
+ * project's mock server, a local proxy).  Anything else would send the bot
+ * token in the clear.
+ */
+static bool
+check_api_base_url(char **newval, void **extra, GucSource source)
+{
+	const char *url = *newval;
+	const char *host;
+	size_t		hostlen;
+
+	if (url == NULL || url[0] == '\0')
+	{
+		GUC_check_errdetail("The Discord API base URL must not be empty.");
+		return false;
+	}
+	if (pg_strncasecmp(url, "https://", 8) == 0)
+		host = url + 8;
+	else if (pg_strncasecmp(url, "http://", 7) == 0)
+		host = url + 7;
+	else
+	{
+		GUC_check_errdetail("The URL must start with https:// (or http:// for a loopback host).");
+		return false;
+	}
+
+	if (host[0] == '[')
+	{
+		const char *end = strchr(host, ']');
+
+		if (end == NULL)
+		{
+			GUC_check_errdetail("The URL has an unterminated IPv6 address.");
+			return false;
+		}
+		host++;
+		hostlen = end - host;
+	}
+	else
+		hostlen = strcspn(host, ":/?#");
+
+	if (hostlen == 0)
+	{
+		GUC_check_errdetail("The URL has no host.");
+		return false;
+	}
+	for (const char *p = url; *p; p++)
+	{
+		if ((unsigned char) *p <= ' ' || *p == 0x7f)
+		{
+			GUC_check_errdetail("The URL must not contain spaces or control characters.");
+			return false;
+		}
+	}
+	if (pg_strncasecmp(url, "http://", 7) == 0 &&
+		!lhd_is_loopback_host(host, hostlen))
+	{
+		GUC_check_errdetail("Plain http is allowed only to a loopback host; use https.");
+		return false;
+	}
+	/* Normalise: no trailing slash, so paths can be appended directly. */
+	{
+		size_t		len = strlen(url);
+
+		if (len > 0 && url[len - 1] == '/')
+		{
+			/* PG15 frees string GUC values with free(): allocate with malloc. */
+			char	   *copy = malloc(len);
+
+			if (copy == NULL)
+				return false;
+			memcpy(copy, url, len - 1);
+			copy[len - 1] = '\0';
+			free(*newval);
+			*newval = copy;
+		}
+	}
+	return true;
+}
+
+/* An optional snowflake: empty, or 17 to 20 digits. */
+static bool
+check_optional_snowflake(char **newval, void **extra, GucSource source)
+{
+	if (*newval == NULL || (*newval)[0] == '\0')
+		return true;
+	if (!lhd_is_snowflake(*newval))
+	{
+		GUC_check_errdetail("A Discord id is 17 to 20 decimal digits.");
+		return false;
+	}
+	return true;
+}
+
+static bool
+check_redirect_uri(char **newval, void **extra, GucSource source)
+{
+	const char *v = *newval;
+
+	if (v == NULL || v[0] == '\0')
+		return true;
+	if (pg_strncasecmp(v, "https://", 8) != 0 && pg_strncasecmp(v, "http://", 7) != 0)
+	{
+		GUC_check_errdetail("The redirect URI must be an http:// or https:// URL.");
+		return false;
+	}
+	for (const char *p = v; *p; p++)
+	{
+		if ((unsigned char) *p <= ' ' || *p == 0x7f)
+		{
+			GUC_check_errdetail("The redirect URI must not contain spaces or control characters.");
+			return false;
+		}
+	}
+	return true;
+}
+
+/*
+ * Secrets travel in HTTP headers and form bodies: refuse control characters
+ * (header injection) without ever echoing the value.
+ */
+static bool
+check_secret(char **newval, void **extra, GucSource source)
+{
+	const char *v = *newval;
+
+	if (v == NULL)
+		return true;
+	for (const char *p = v; *p; p++)
+	{
+		if ((unsigned char) *p < ' ' || *p == 0x7f)
+		{
+			GUC_check_errmsg("invalid value for a secret lhdiscord parameter");
+			GUC_check_errdetail("The value must not contain control characters.");
+			return false;
+		}
+	}
+	if (strlen(v) > LHD_TOKEN_MAX)
+	{
+		GUC_check_errmsg("invalid value for a secret lhdiscord parameter");
+		GUC_check_errdetail("The value is longer than %d bytes.", LHD_TOKEN_MAX);
+		return false;
+	}
+	return true;
+}
+
+static bool
+check_encryption_key(char **newval, void **extra, GucSource source)
+{
+	const char *v = *newval;
+	int			n = 0;
+
+	if (v == NULL || v[0] == '\0')
+		return true;
+	for (const char *p = v; *p; p++, n++)
+	{
+		if (!isxdigit((unsigned char) *p))
+			break;
+	}
+	if (n != 64 || v[n] != '\0')
+	{
+		GUC_check_errmsg("invalid value for parameter \"lhdiscord.encryption_key\"");
+		GUC_check_errdetail("The key must be exactly 64 hexadecimal digits (256 bits).");
+		return false;
+	}
+	return true;
+}
+
+static bool
+check_entitlement_key(char **newval, void **extra, GucSource source)
+{
+	if (*newval == NULL || !lhd_is_role_name(*newval))
+	{
+		GUC_check_errdetail("The entitlement key must be a portal role name: 1 to %d letters, digits, '.', '_', ':' or '-'.",
+							LHD_ROLE_NAME_MAX);
+		return false;
+	}
+	return true;
+}
+
+/* A comma-separated list of portal role names; empty means "none". */
+static bool
+check_privileged_roles(char **newval, void **extra, GucSource source)
+{
+	char	   *copy;
+	char	   *tok;
+	char	   *save = NULL;
+
+	if (*newval == NULL || (*newval)[0] == '\0')
+		return true;
+	copy = pstrdup(*newval);
+	for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+	{
+		char	   *end;
+
+		while (*tok == ' ')
+			tok++;
+		end = tok + strlen(tok);
+		while (end > tok && end[-1] == ' ')
+			*--end = '\0';
+		if (!lhd_is_role_name(tok))
+		{
+			GUC_check_errdetail("\"%s\" is not a valid portal role name.", tok);
+			pfree(copy);
+			return false;
+		}
+	}
+	pfree(copy);
+	return true;
+}
+
+void
+lhd_define_gucs(void)
+{
+	DefineCustomStringVariable("lhdiscord.database",
+							   "Database the lhdiscord background worker connects to.",
+							   NULL,
+							   &lhd_database,
+							   "postgres",
+							   PGC_POSTMASTER,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("lhdiscord.api_base_url",
+							   "Base URL of the Discord REST API (v10).",
+							   "Must be https, except for a loopback host.",
+							   &lhd_api_base_url,
+							   "https://discord.com/api/v10",
+							   PGC_SUSET,
+							   0,
+							   check_api_base_url, NULL, NULL);
+
+	DefineCustomEnumVariable("lhdiscord.api_mode",
+							 "live sends HTTP to Discord; fake records the calls in lhdiscord.fake_calls.",
+							 NULL,
+							 &lhd_api_mode,
+							 LHD_API_LIVE,
+							 api_mode_options,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomStringVariable("lhdiscord.bot_token",
+							   "Discord bot token (secret).",
+							   NULL,
+							   &lhd_bot_token,
+							   "",
+							   PGC_SUSET,
+							   SECRET_FLAGS,
+							   check_secret, NULL, NULL);
+
+	DefineCustomStringVariable("lhdiscord.guild_id",
+							   "Discord guild (server) whose roles lhdiscord manages.",
+							   NULL,
+							   &lhd_guild_id,
+							   "",
+							   PGC_SUSET,
+							   0,
+							   check_optional_snowflake, NULL, NULL);
+
+	DefineCustomStringVariable("lhdiscord.client_id",
+							   "Discord OAuth2 application client id.",
+							   NULL,
+							   &lhd_client_id,
+							   "",
+							   PGC_SUSET,
+							   0,
+							   check_optional_snowflake, NULL, NULL);
+
+	DefineCustomStringVariable("lhdiscord.client_secret",
+							   "Discord OAuth2 application client secret (secret).",
+							   NULL,
+							   &lhd_client_secret,
+							   "",
+							   PGC_SUSET,
+							   SECRET_FLAGS,
+							   check_secret, NULL, NULL);
+
+	DefineCustomStringVariable("lhdiscord.redirect_uri",
+							   "OAuth2 redirect URI registered with Discord.",
+							   NULL,
+							   &lhd_redirect_uri,
+							   "",
+							   PGC_SUSET,
+							   0,
+							   check_redirect_uri, NULL, NULL);
+
+	DefineCustomStringVariable("lhdiscord.encryption_key",
+							   "AES-256-GCM key for OAuth tokens at rest: 64 hex digits (secret).",
+							   NULL,
+							   &lhd_encryption_key,
+							   "",
+							   PGC_SUSET,
+							   SECRET_FLAGS,
+							   check_encryption_key, NULL, NULL);
+
+	DefineCustomIntVariable("lhdiscord.max_discord_accounts",
+							"Maximum number of Discord accounts one portal user may link.",
+							NULL,
+							&lhd_max_discord_accounts,
+							1, 1, 100,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("lhdiscord.governance_mode",
+							 "discord_leading: Discord roles decide entitlement; portal_leading: portal roles do.",
+							 NULL,
+							 &lhd_governance_mode,
+							 LHD_GOV_DISCORD_LEADING,
+							 governance_mode_options,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomStringVariable("lhdiscord.entitlement_key",
+							   "Portal role (and role_map key) that grants entitlement.",
+							   NULL,
+							   &lhd_entitlement_key,
+							   "hauling.member",
+							   PGC_SUSET,
+							   0,
+							   check_entitlement_key, NULL, NULL);
+
+	DefineCustomIntVariable("lhdiscord.snapshot_max_age",
+							"Age after which a member snapshot no longer counts as evidence (fail closed).",
+							NULL,
+							&lhd_snapshot_max_age,
+							21600, 1, INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("lhdiscord.privileged_roles",
+							   "Comma-separated portal roles that are never suspended.",
+							   NULL,
+							   &lhd_privileged_roles,
+							   "admin,subadmin",
+							   PGC_SUSET,
+							   GUC_LIST_INPUT,
+							   check_privileged_roles, NULL, NULL);
+
+	DefineCustomIntVariable("lhdiscord.reconcile_interval",
+							"Seconds between scheduled reconcile runs of the worker (0 turns them off).",
+							NULL,
+							&lhd_reconcile_interval,
+							600, 0, INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("lhdiscord.reconcile_max_suspend_percent",
+							"A reconcile that would suspend more than this percentage of active users aborts.",
+							NULL,
+							&lhd_reconcile_max_suspend_percent,
+							20, 0, 100,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("lhdiscord.snapshot_max_shrink_percent",
+							"A snapshot that shrinks more than this percentage is not trusted until accepted.",
+							NULL,
+							&lhd_snapshot_max_shrink_percent,
+							50, 0, 100,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("lhdiscord");
+}

@@ -1,0 +1,139 @@
+/*-------------------------------------------------------------------------
+ *
+ * lhdiscord.h
+ *	  Internal interfaces shared between the lhdiscord translation units.
+ *
+ * Every SQL-callable function is declared by PG_FUNCTION_INFO_V1 in the file
+ * that owns it; this header only carries what one concern exposes to
+ * another: configuration variables, validation helpers, the audit writer,
+ * the outbox queueing API and the crypto primitives.
+ *
+ * The jansson wrapper (json.c) has its own header, lhd_json.h, because it
+ * must not see the fmgr/builtins declarations pulled in here.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef LHDISCORD_H
+#define LHDISCORD_H
+
+#include "postgres.h"
+
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+
+#define LHD_VERSION		"0.1.0"
+#define LHD_SCHEMA		"lhdiscord"
+
+/* Discord limits the extension enforces on input. */
+#define LHD_DISCORD_NAME_MAX	32	/* username and global_name */
+#define LHD_AVATAR_HASH_MAX		64
+#define LHD_TOKEN_MAX			4096
+#define LHD_PORTAL_NAME_MAX		255
+#define LHD_ROLE_NAME_MAX		100
+
+/* ---------- config.c ---------- */
+
+typedef enum LhdApiMode
+{
+	LHD_API_LIVE,
+	LHD_API_FAKE
+} LhdApiMode;
+
+typedef enum LhdGovernanceMode
+{
+	LHD_GOV_DISCORD_LEADING,
+	LHD_GOV_PORTAL_LEADING
+} LhdGovernanceMode;
+
+extern char *lhd_database;
+extern char *lhd_api_base_url;
+extern int	lhd_api_mode;
+extern char *lhd_bot_token;
+extern char *lhd_guild_id;
+extern char *lhd_client_id;
+extern char *lhd_client_secret;
+extern char *lhd_redirect_uri;
+extern char *lhd_encryption_key;
+extern int	lhd_max_discord_accounts;
+extern int	lhd_governance_mode;
+extern char *lhd_entitlement_key;
+extern int	lhd_snapshot_max_age;
+extern char *lhd_privileged_roles;
+extern int	lhd_reconcile_interval;
+extern int	lhd_reconcile_max_suspend_percent;
+extern int	lhd_snapshot_max_shrink_percent;
+
+extern void lhd_define_gucs(void);
+
+/* ---------- validate.c ---------- */
+
+extern bool lhd_is_snowflake(const char *s);
+extern bool lhd_is_role_name(const char *s);
+extern void lhd_require_not_null(bool isnull, const char *argname);
+extern char *lhd_require_snowflake(text *t, const char *what);
+extern char *lhd_require_text(text *t, const char *what, int minlen, int maxlen);
+extern bool lhd_is_loopback_host(const char *host, size_t len);
+
+/* ---------- spi_util.c ---------- */
+
+/*
+ * A statement prepared once per backend and kept for its lifetime.  Callers
+ * declare one static LhdPlan per statement; lhd_plan() prepares it on first
+ * use.  Keeping plans saves the parse/plan cost on every trigger firing.
+ */
+typedef struct LhdPlan
+{
+	SPIPlanPtr	plan;
+	const char *sql;
+	int			nargs;
+	Oid			argtypes[8];
+} LhdPlan;
+
+extern SPIPlanPtr lhd_plan(LhdPlan *p);
+extern int	lhd_exec(LhdPlan *p, Datum *values, const char *nulls,
+					 bool read_only, long count);
+extern Datum lhd_getattr(int row, int col, bool *isnull);
+extern char *lhd_getattr_text(int row, int col);
+extern void lhd_json_append_str(StringInfo buf, const char *key,
+								const char *val, bool *first);
+extern void lhd_json_append_raw(StringInfo buf, const char *key,
+								const char *raw, bool *first);
+
+/* ---------- audit.c ---------- */
+
+typedef struct LhdAudit
+{
+	const char *action;
+	int64		actor_user_id;	/* 0 = none */
+	int64		subject_user_id;	/* 0 = none */
+	const char *entity;
+	const char *entity_pk;
+	const char *before_json;	/* NULL or a JSON text */
+	const char *after_json;		/* NULL or a JSON text */
+	const char *description;
+} LhdAudit;
+
+extern void lhd_audit(const LhdAudit *a);
+
+/* ---------- outbox.c ---------- */
+
+extern void lhd_enqueue_convergence(const char *discord_user_id, int64 user_id,
+									const char *reason);
+extern int	lhd_enqueue_user_convergence(int64 user_id, const char *reason);
+extern void lhd_request_worker_wake(void);
+extern void lhd_outbox_xact_callback_register(void);
+
+/* ---------- crypto.c ---------- */
+
+extern bytea *lhd_encrypt_token(const char *plaintext, const char *aad);
+extern char *lhd_decrypt_token(bytea *ciphertext, const char *aad);
+extern bool lhd_encryption_key_configured(void);
+extern void lhd_random_bytes(unsigned char *buf, size_t len);
+extern char *lhd_random_token(size_t nbytes);
+extern char *lhd_sha256_hex(const char *data, size_t len);
+
+/* ---------- accounts.c ---------- */
+
+extern bool lhd_user_is_admin(int64 user_id);
+
+#endif							/* LHDISCORD_H */

@@ -1,0 +1,128 @@
+/*-------------------------------------------------------------------------
+ *
+ * validate.c
+ *	  Input validation shared by every SQL entry point.
+ *
+ * Owns the rules for Discord snowflakes, portal role names, bounded text
+ * arguments and loopback hosts, and the exact errors raised when input is
+ * rejected.  Rejection always happens before anything is written.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <ctype.h>
+
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+
+#include "lhdiscord.h"
+
+/* A Discord snowflake as text: 17 to 20 decimal digits. */
+bool
+lhd_is_snowflake(const char *s)
+{
+	int			n = 0;
+
+	if (s == NULL)
+		return false;
+	for (; s[n]; n++)
+	{
+		if (s[n] < '0' || s[n] > '9')
+			return false;
+	}
+	return n >= 17 && n <= 20;
+}
+
+/*
+ * A portal role name such as "admin" or "hauling.member": 1 to
+ * LHD_ROLE_NAME_MAX characters out of letters, digits and . _ : -
+ */
+bool
+lhd_is_role_name(const char *s)
+{
+	int			n = 0;
+
+	if (s == NULL)
+		return false;
+	for (; s[n]; n++)
+	{
+		unsigned char c = (unsigned char) s[n];
+
+		if (!(isalnum(c) || c == '.' || c == '_' || c == ':' || c == '-'))
+			return false;
+	}
+	return n >= 1 && n <= LHD_ROLE_NAME_MAX;
+}
+
+void
+lhd_require_not_null(bool isnull, const char *argname)
+{
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", argname)));
+}
+
+/* Returns the snowflake as a palloc'd C string, or raises 22P02. */
+char *
+lhd_require_snowflake(text *t, const char *what)
+{
+	char	   *s = text_to_cstring(t);
+
+	if (!lhd_is_snowflake(s))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("invalid %s: \"%s\"", what, s),
+				 errdetail("A Discord id (snowflake) is 17 to 20 decimal digits.")));
+	return s;
+}
+
+/*
+ * Returns the text as a C string after checking its length in characters
+ * and that it holds no control characters.
+ */
+char *
+lhd_require_text(text *t, const char *what, int minlen, int maxlen)
+{
+	char	   *s = text_to_cstring(t);
+	int			len = pg_mbstrlen(s);
+
+	if (len > maxlen)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("%s is too long", what),
+				 errdetail("It has %d characters; at most %d are allowed.", len, maxlen)));
+	if (len < minlen)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", what)));
+	for (const char *p = s; *p; p++)
+	{
+		if ((unsigned char) *p < ' ' || *p == 0x7f)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s must not contain control characters", what)));
+	}
+	return s;
+}
+
+/* localhost, 127.0.0.0/8 and ::1 */
+bool
+lhd_is_loopback_host(const char *host, size_t len)
+{
+	if (len == 9 && pg_strncasecmp(host, "localhost", 9) == 0)
+		return true;
+	if (len == 3 && strncmp(host, "::1", 3) == 0)
+		return true;
+	if (len >= 7 && strncmp(host, "127.", 4) == 0)
+	{
+		for (size_t i = 4; i < len; i++)
+		{
+			if (!(isdigit((unsigned char) host[i]) || host[i] == '.'))
+				return false;
+		}
+		return true;
+	}
+	return false;
+}
