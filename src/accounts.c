@@ -263,6 +263,8 @@ link_account(PG_FUNCTION_ARGS)
 	HeapTuple	result;
 	int64		account_id;
 	bool		isnull;
+	int			inserted;
+	bool		queued;
 	LhdAudit	a = {0};
 
 	if (get_call_result_type(fcinfo, NULL, &resultdesc) != TYPEFUNC_COMPOSITE)
@@ -375,16 +377,30 @@ link_account(PG_FUNCTION_ARGS)
 	 * that one commits we lose and report the duplicate, so exactly one of
 	 * two racing sessions wins.
 	 */
-	if (lhd_exec(&insert_plan, values, nulls, false, 1) == 0)
+	lhd_account_dml_begin("Discord account linked");
+	PG_TRY();
+	{
+		inserted = lhd_exec(&insert_plan, values, nulls, false, 1);
+	}
+	PG_FINALLY();
+	{
+		queued = lhd_account_dml_end();
+	}
+	PG_END_TRY();
+	if (inserted == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNIQUE_VIOLATION),
 				 errmsg(MSG_DUPLICATE)));
-
 	account_id = DatumGetInt64(lhd_getattr(0, 1, &isnull));
 	result = account_tuple_masked(resultdesc, 0, callercxt);
 
-	/* Sync all permissions: the convergence job computes the desired set. */
-	lhd_enqueue_convergence(discord_user_id, user_id, "Discord account linked");
+	/*
+	 * Sync all permissions: queue this Discord user's convergence (the
+	 * insert trigger did, unless the SQL objects predate it), which computes
+	 * the desired set when it runs.
+	 */
+	if (!queued)
+		lhd_enqueue_convergence(discord_user_id, user_id, "Discord account linked");
 
 	a.action = "discord_account_linked";
 	a.actor_user_id = user_id;
@@ -402,8 +418,8 @@ link_account(PG_FUNCTION_ARGS)
 }
 
 /*
- * Delete an account row (locked by the caller's SELECT ... FOR UPDATE), queue
- * the strip of every managed role it holds, and audit.
+ * Delete an account row (locked by the caller's SELECT ... FOR UPDATE),
+ * queue the strip of every managed role it holds, and audit.
  */
 static void
 remove_account(int64 account_id, int64 actor_id, int64 owner_id,
@@ -419,10 +435,25 @@ remove_account(int64 account_id, int64 actor_id, int64 owner_id,
 	Datum		values[1] = {Int64GetDatum(account_id)};
 	LhdAudit	a = {0};
 
-	lhd_exec(&delete_plan, values, NULL, false, 0);
+	bool		queued;
 
-	/* No account left: the convergence strips every managed role it holds. */
-	lhd_enqueue_convergence(discord_user_id, owner_id, description);
+	/*
+	 * The delete trigger queues the convergence (we do, if the SQL objects
+	 * predate it); with no account left it strips every managed role the
+	 * member holds.
+	 */
+	lhd_account_dml_begin(description);
+	PG_TRY();
+	{
+		lhd_exec(&delete_plan, values, NULL, false, 0);
+	}
+	PG_FINALLY();
+	{
+		queued = lhd_account_dml_end();
+	}
+	PG_END_TRY();
+	if (!queued)
+		lhd_enqueue_convergence(discord_user_id, owner_id, description);
 
 	a.action = action;
 	a.actor_user_id = actor_id;

@@ -39,6 +39,9 @@ char	   *lhd_privileged_roles = NULL;
 int			lhd_reconcile_interval = 600;
 int			lhd_reconcile_max_suspend_percent = 20;
 int			lhd_snapshot_max_shrink_percent = 50;
+int			lhd_max_attempts = 10;
+int			lhd_retry_base_ms = 1000;
+int			lhd_retry_max_delay = 300;
 
 static const struct config_enum_entry api_mode_options[] = {
 	{"live", LHD_API_LIVE, false},
@@ -422,6 +425,33 @@ lhd_define_gucs(void)
 							50, 0, 100,
 							PGC_SUSET,
 							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("lhdiscord.max_attempts",
+							"Attempts of a job on transient failures (5xx, timeouts) before it is dead.",
+							NULL,
+							&lhd_max_attempts,
+							10, 1, 1000,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("lhdiscord.retry_base_delay",
+							"First retry delay; it doubles per attempt, with jitter.",
+							NULL,
+							&lhd_retry_base_ms,
+							1000, 1, 3600000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("lhdiscord.retry_max_delay",
+							"Upper bound of the retry delay.",
+							NULL,
+							&lhd_retry_max_delay,
+							300, 1, 86400,
+							PGC_SUSET,
+							GUC_UNIT_S,
 							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("lhdiscord");

@@ -21,7 +21,7 @@
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 
-#define LHD_VERSION		"0.1.0"
+#define LHD_VERSION		"0.2.0"
 #define LHD_SCHEMA		"lhdiscord"
 
 /* Discord limits the extension enforces on input. */
@@ -62,6 +62,9 @@ extern char *lhd_privileged_roles;
 extern int	lhd_reconcile_interval;
 extern int	lhd_reconcile_max_suspend_percent;
 extern int	lhd_snapshot_max_shrink_percent;
+extern int	lhd_max_attempts;
+extern int	lhd_retry_base_ms;
+extern int	lhd_retry_max_delay;
 
 extern void lhd_define_gucs(void);
 
@@ -122,6 +125,11 @@ extern void lhd_enqueue_convergence(const char *discord_user_id, int64 user_id,
 extern int	lhd_enqueue_user_convergence(int64 user_id, const char *reason);
 extern void lhd_request_worker_wake(void);
 extern void lhd_outbox_xact_callback_register(void);
+
+/* ---------- triggers.c ---------- */
+
+extern void lhd_account_dml_begin(const char *reason);
+extern bool lhd_account_dml_end(void);
 
 /* ---------- crypto.c ---------- */
 

@@ -1,0 +1,41 @@
+-- ALTER EXTENSION lhdiscord UPDATE from the first release, with data in it:
+-- the data survives, the new objects work, and the result has exactly the
+-- objects of a fresh install.
+SET client_min_messages = warning;
+DROP EXTENSION IF EXISTS lhdiscord CASCADE;
+CREATE EXTENSION lhdiscord VERSION '0.1.0';
+RESET client_min_messages;
+SELECT extversion FROM pg_extension WHERE extname = 'lhdiscord';
+
+INSERT INTO lhdiscord.users (user_id, username, membership_level) VALUES (1, 'alice', 'resident');
+SELECT discord_user_id, status FROM lhdiscord.link_account(1, '100000000000000001', 'alice_d');
+SELECT kind, state FROM lhdiscord.outbox;
+
+ALTER EXTENSION lhdiscord UPDATE;
+SELECT extversion = (SELECT default_version FROM pg_available_extensions WHERE name = 'lhdiscord') AS at_default_version
+  FROM pg_extension WHERE extname = 'lhdiscord';
+
+-- Data kept; the engine converges the job queued before the update.
+SELECT user_id, discord_user_id, status FROM lhdiscord.discord_accounts;
+SELECT lhdiscord.map_role('resident', '900000000000000102');
+SELECT lhdiscord.drain_outbox();
+SELECT method, role_id FROM lhdiscord.fake_calls ORDER BY id;
+SELECT action FROM lhdiscord.audit_log ORDER BY id;
+
+-- Same objects as a fresh install.
+CREATE TEMP TABLE upgraded AS
+  SELECT pg_describe_object(classid, objid, objsubid) AS obj
+    FROM pg_depend WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
+     AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'lhdiscord');
+SET client_min_messages = warning;
+DROP EXTENSION lhdiscord CASCADE;
+CREATE EXTENSION lhdiscord;
+RESET client_min_messages;
+CREATE TEMP TABLE fresh AS
+  SELECT pg_describe_object(classid, objid, objsubid) AS obj
+    FROM pg_depend WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
+     AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'lhdiscord');
+SELECT count(*) > 20 AS has_objects FROM fresh;
+(SELECT obj FROM upgraded EXCEPT SELECT obj FROM fresh)
+UNION ALL
+(SELECT obj FROM fresh EXCEPT SELECT obj FROM upgraded);

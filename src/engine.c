@@ -1,0 +1,588 @@
+/*-------------------------------------------------------------------------
+ *
+ * engine.c
+ *	  The outbox processing engine shared by the worker and drain_outbox().
+ *
+ * Owns claiming jobs (FOR UPDATE SKIP LOCKED), the task and request
+ * life cycle, dispatching responses to the job kinds, classifying Discord
+ * responses into outcomes with backoff, and recording finished tasks in one
+ * set-based statement.  Database work runs in units (see lhd_engine.h): in
+ * the worker a unit is its own transaction, so HTTP never runs inside one.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "common/pg_prng.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+
+#include "lhdiscord.h"
+#include "lhd_engine.h"
+#include "lhd_json.h"
+
+PG_FUNCTION_INFO_V1(drain_outbox);
+
+const char *const lhd_method_names[] = {"GET", "PUT", "POST", "DELETE"};
+
+/* Jobs claimed per unit. */
+#define CLAIM_BATCH		200
+
+/* ---------- units ---------- */
+
+void
+lhd_unit_begin(LhdEngine *e)
+{
+	if (e->in_worker)
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+	}
+}
+
+void
+lhd_unit_end(LhdEngine *e)
+{
+	if (e->in_worker)
+	{
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	else
+		CommandCounterIncrement();
+}
+
+/* ---------- tasks and requests ---------- */
+
+static LhdJobKind
+kind_from_text(const char *kind)
+{
+	if (strcmp(kind, "roles") == 0)
+		return LHD_JOB_ROLES;
+	if (strcmp(kind, "dm") == 0)
+		return LHD_JOB_DM;
+	if (strcmp(kind, "member_scan") == 0)
+		return LHD_JOB_MEMBER_SCAN;
+	if (strcmp(kind, "guild_join") == 0)
+		return LHD_JOB_GUILD_JOIN;
+	if (strcmp(kind, "token_refresh") == 0)
+		return LHD_JOB_TOKEN_REFRESH;
+	return LHD_JOB_UNKNOWN;
+}
+
+static const struct
+{
+	LhdMethod	method;
+	const char *route;			/* rate-limit route template */
+	bool		guild_major;	/* major parameter is the guild (else channel/none) */
+}			op_info[] = {
+	[LHD_OP_MEMBER_GET] = {LHD_GET, "GET /guilds/{guild_id}/members/{user_id}", true},
+	[LHD_OP_ROLE_PUT] = {LHD_PUT, "PUT /guilds/{guild_id}/members/{user_id}/roles/{role_id}", true},
+	[LHD_OP_ROLE_DELETE] = {LHD_DELETE, "DELETE /guilds/{guild_id}/members/{user_id}/roles/{role_id}", true},
+	[LHD_OP_MEMBERS_LIST] = {LHD_GET, "GET /guilds/{guild_id}/members", true},
+	[LHD_OP_MEMBER_ADD] = {LHD_PUT, "PUT /guilds/{guild_id}/members/{user_id}", true},
+	[LHD_OP_DM_CHANNEL] = {LHD_POST, "POST /users/@me/channels", false},
+	[LHD_OP_MESSAGE] = {LHD_POST, "POST /channels/{channel_id}/messages", false},
+	[LHD_OP_OAUTH_TOKEN] = {LHD_POST, "POST /oauth2/token", false},
+	[LHD_OP_OAUTH_ME] = {LHD_GET, "GET /users/@me", false},
+};
+
+/*
+ * A new request of task t for operation op; fmt/... builds the path.  The
+ * request lives in the task's memory context.
+ */
+LhdRequest *
+lhd_task_request(LhdTask *t, LhdOp op, const char *fmt,...)
+{
+	MemoryContext old = MemoryContextSwitchTo(t->cxt);
+	LhdRequest *r = palloc0(sizeof(LhdRequest));
+	StringInfoData path;
+	va_list		args;
+
+	initStringInfo(&path);
+	for (;;)
+	{
+		int			needed;
+
+		va_start(args, fmt);
+		needed = appendStringInfoVA(&path, fmt, args);
+		va_end(args);
+		if (needed == 0)
+			break;
+		enlargeStringInfo(&path, needed);
+	}
+	r->op = op;
+	r->method = op_info[op].method;
+	r->route = (char *) op_info[op].route;
+	r->path = path.data;
+	r->auth = LHD_AUTH_BOT;
+	r->reason = t->reason;
+	r->discord_user_id = t->discord_user_id;
+	r->task = t;
+	MemoryContextSwitchTo(old);
+	return r;
+}
+
+void
+lhd_task_send(LhdEngine *e, LhdTask *t, LhdRequest *r)
+{
+	MemoryContext old = MemoryContextSwitchTo(e->cxt);
+
+	if (r->major == NULL && op_info[r->op].guild_major)
+		r->major = e->guild_id;
+	t->outstanding++;
+	e->ready = lappend(e->ready, r);
+	MemoryContextSwitchTo(old);
+}
+
+bool
+lhd_response_ok(const LhdRequest *r)
+{
+	return r->status >= 200 && r->status < 300;
+}
+
+/* "404 Unknown Member (10007)" or the transport error. */
+char *
+lhd_response_summary(const LhdRequest *r)
+{
+	if (r->status == 0)
+		return psprintf("%s %s: %s", lhd_method_names[r->method], r->route,
+						r->error ? r->error : "no response");
+	if (r->discord_code)
+		return psprintf("%s %s: HTTP %ld, Discord code %d%s%s", lhd_method_names[r->method],
+						r->route, r->status, r->discord_code,
+						r->error ? ": " : "", r->error ? r->error : "");
+	return psprintf("%s %s: HTTP %ld", lhd_method_names[r->method], r->route, r->status);
+}
+
+static int
+backoff_ms(int attempts)
+{
+	double		delay = (double) lhd_retry_base_ms * pow(2.0, Max(attempts - 1, 0));
+	double		cap = (double) lhd_retry_max_delay * 1000.0;
+
+	if (delay > cap)
+		delay = cap;
+	/* Full jitter in [delay/2, delay]. */
+	return (int) (delay * (0.5 + 0.5 * pg_prng_double(&pg_global_prng_state)));
+}
+
+/*
+ * The outcome a failed response leads to: permanent Discord errors fail
+ * the job (no retry), everything else is transient.
+ */
+LhdOutcome
+lhd_classify(LhdTask *t, LhdRequest *r, bool *permanent_known)
+{
+	*permanent_known = false;
+	if (lhd_response_ok(r))
+		return LHD_OUT_DONE;
+	switch (r->discord_code)
+	{
+		case 10003:				/* Unknown Channel */
+		case 10004:				/* Unknown Guild */
+		case 10007:				/* Unknown Member */
+		case 10011:				/* Unknown Role */
+		case 10013:				/* Unknown User */
+		case 50007:				/* Cannot send messages to this user */
+		case 50013:				/* Missing Permissions */
+		case 50033:				/* Invalid Recipient(s) */
+		case 50035:				/* Invalid Form Body */
+			*permanent_known = true;
+			return LHD_OUT_FAILED;
+		default:
+			break;
+	}
+	if (r->paused)
+		return LHD_OUT_RETRY;
+	if (r->status == 0 || r->status >= 500 || r->status == 429 || r->status == 408)
+		return LHD_OUT_RETRY;
+	/* Any other 4xx is our request's fault: retrying cannot help. */
+	return LHD_OUT_FAILED;
+}
+
+void
+lhd_task_finish(LhdEngine *e, LhdTask *t, LhdOutcome outcome, long status, const char *error)
+{
+	MemoryContext old = MemoryContextSwitchTo(t->cxt);
+
+	if (outcome == LHD_OUT_RETRY && !t->uncounted && t->attempts >= lhd_max_attempts)
+		outcome = LHD_OUT_DEAD;
+	if (outcome == LHD_OUT_RETRY)
+		t->retry_delay_ms = backoff_ms(t->attempts);
+	t->outcome = outcome;
+	t->last_status = status;
+	t->last_error = error ? pstrdup(error) : NULL;
+	MemoryContextSwitchTo(e->cxt);
+	e->active = list_delete_ptr(e->active, t);
+	e->finished = lappend(e->finished, t);
+	MemoryContextSwitchTo(old);
+}
+
+/* Finish a task from a failed response, with the matching outcome. */
+void
+lhd_task_finish_from(LhdEngine *e, LhdTask *t, LhdRequest *r)
+{
+	bool		permanent;
+	LhdOutcome	outcome = lhd_classify(t, r, &permanent);
+
+	if (r->paused)
+		t->uncounted = true;
+	if (outcome == LHD_OUT_FAILED)
+		ereport(WARNING,
+				(errmsg("lhdiscord: outbox job " INT64_FORMAT " failed without retry: %s",
+						t->job_id, lhd_response_summary(r))));
+	lhd_task_finish(e, t, outcome, r->status, lhd_response_summary(r));
+}
+
+/* ---------- claiming ---------- */
+
+static int
+task_cmp(const ListCell *a, const ListCell *b)
+{
+	LhdTask    *x = lfirst(a);
+	LhdTask    *y = lfirst(b);
+
+	return (x->job_id > y->job_id) - (x->job_id < y->job_id);
+}
+
+static void
+start_task(LhdEngine *e, LhdTask *t)
+{
+	switch (t->kind)
+	{
+		case LHD_JOB_ROLES:
+			lhd_roles_start(e, t);
+			break;
+		default:
+			ereport(WARNING,
+					(errmsg("lhdiscord: outbox job " INT64_FORMAT " has a kind this version does not process",
+							t->job_id)));
+			lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "job kind not supported by this version");
+			break;
+	}
+}
+
+/* Claim up to limit due jobs and start them; returns the number claimed. */
+static int
+engine_claim(LhdEngine *e, int limit)
+{
+	static LhdPlan plan = {
+		.sql = "WITH c AS ("
+		"  SELECT id FROM lhdiscord.outbox "
+		"   WHERE state = 'pending' AND run_after <= now() "
+		"   ORDER BY run_after, id LIMIT $1 FOR UPDATE SKIP LOCKED) "
+		"UPDATE lhdiscord.outbox o SET state = 'in_flight', attempts = o.attempts + 1, "
+		"       claimed_by = pg_backend_pid(), claimed_at = now(), updated_at = now() "
+		"  FROM c WHERE o.id = c.id "
+		"RETURNING o.id, o.kind::text, o.discord_user_id, o.user_id, o.attempts, "
+		"          o.generation, o.reason, o.payload::text",
+		.nargs = 1,
+		.argtypes = {INT4OID}
+	};
+	Datum		values[1];
+	int			n;
+	List	   *claimed = NIL;
+	List	   *roles = NIL;
+	ListCell   *lc;
+
+	lhd_unit_begin(e);
+	values[0] = Int32GetDatum(limit);
+	n = lhd_exec(&plan, values, NULL, false, 0);
+	for (int i = 0; i < n; i++)
+	{
+		MemoryContext tcxt = AllocSetContextCreate(e->cxt, "lhdiscord task",
+												   ALLOCSET_SMALL_SIZES);
+		MemoryContext old = MemoryContextSwitchTo(tcxt);
+		LhdTask    *t = palloc0(sizeof(LhdTask));
+		bool		isnull;
+
+		t->cxt = tcxt;
+		t->job_id = DatumGetInt64(lhd_getattr(i, 1, &isnull));
+		t->kind = kind_from_text(lhd_getattr_text(i, 2));
+		t->discord_user_id = lhd_getattr_text(i, 3);
+		{
+			Datum		d = lhd_getattr(i, 4, &isnull);
+
+			t->user_id = isnull ? 0 : DatumGetInt64(d);
+		}
+		t->attempts = DatumGetInt32(lhd_getattr(i, 5, &isnull));
+		t->generation = DatumGetInt32(lhd_getattr(i, 6, &isnull));
+		t->reason = lhd_getattr_text(i, 7);
+		t->payload = lhd_getattr_text(i, 8);
+		MemoryContextSwitchTo(e->cxt);
+		claimed = lappend(claimed, t);
+		MemoryContextSwitchTo(old);
+	}
+	{
+		MemoryContext old = MemoryContextSwitchTo(e->cxt);
+
+		list_sort(claimed, task_cmp);
+		foreach(lc, claimed)
+		{
+			LhdTask    *t = lfirst(lc);
+
+			e->active = lappend(e->active, t);
+			if (t->kind == LHD_JOB_ROLES)
+				roles = lappend(roles, t);
+		}
+		MemoryContextSwitchTo(old);
+	}
+	if (roles != NIL)
+		lhd_roles_prepare(e, roles);
+	lhd_unit_end(e);
+
+	foreach(lc, claimed)
+		start_task(e, (LhdTask *) lfirst(lc));
+	list_free(claimed);
+	list_free(roles);
+	return n;
+}
+
+/* ---------- responses ---------- */
+
+static void
+engine_dispatch_completed(LhdEngine *e)
+{
+	while (e->completed != NIL)
+	{
+		LhdRequest *r = linitial(e->completed);
+		LhdTask    *t = r->task;
+
+		e->completed = list_delete_first(e->completed);
+		t->outstanding--;
+		switch (t->kind)
+		{
+			case LHD_JOB_ROLES:
+				lhd_roles_response(e, t, r);
+				break;
+			default:
+				break;
+		}
+		if (r->bearer)
+			explicit_bzero(r->bearer, strlen(r->bearer));
+	}
+}
+
+/* ---------- recording ---------- */
+
+static const char *
+outcome_state(LhdOutcome o)
+{
+	switch (o)
+	{
+		case LHD_OUT_DONE:
+			return "done";
+		case LHD_OUT_FAILED:
+			return "failed";
+		case LHD_OUT_DEAD:
+			return "dead";
+		default:
+			return "pending";
+	}
+}
+
+/*
+ * Write the outcome of every finished task in one statement.  A roles job
+ * whose generation moved on while it ran (a change folded into it) goes back
+ * to pending so it converges to the newest desired state.
+ */
+static int
+engine_record(LhdEngine *e)
+{
+	static LhdPlan plan = {
+		.sql = "UPDATE lhdiscord.outbox o SET "
+		"  state = (CASE WHEN o.kind = 'roles' AND o.generation <> r.gen THEN 'pending' "
+		"               ELSE r.state END)::lhdiscord.outbox_state, "
+		"  attempts = CASE WHEN o.kind = 'roles' AND o.generation <> r.gen AND r.state <> 'pending' THEN 0 "
+		"                  WHEN r.uncounted THEN o.attempts - 1 ELSE o.attempts END, "
+		"  run_after = CASE WHEN r.state = 'pending' AND NOT (o.kind = 'roles' AND o.generation <> r.gen) "
+		"                   THEN clock_timestamp() + r.delay_ms * interval '1 millisecond' "
+		"                   ELSE now() END, "
+		"  finished_at = CASE WHEN r.state <> 'pending' AND NOT (o.kind = 'roles' AND o.generation <> r.gen) "
+		"                     THEN now() END, "
+		"  last_status = nullif(r.status, 0), last_error = r.err, "
+		"  claimed_by = NULL, updated_at = now() "
+		"FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[], $5::text[], $6::int[], $7::bool[]) "
+		"     AS r(id, gen, state, status, err, delay_ms, uncounted) "
+		"WHERE o.id = r.id",
+		.nargs = 7,
+		.argtypes = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
+		INT4ARRAYOID, BOOLARRAYOID}
+	};
+	int			n = list_length(e->finished);
+	Datum	   *ids,
+			   *gens,
+			   *states,
+			   *statuses,
+			   *errs,
+			   *delays,
+			   *uncounted;
+	bool	   *errnulls;
+	Datum		values[7];
+	int			i = 0;
+	int			dims[1];
+	int			lbs[1] = {1};
+	ListCell   *lc;
+	List	   *roles = NIL;
+
+	if (n == 0)
+		return 0;
+
+	ids = palloc(sizeof(Datum) * n);
+	gens = palloc(sizeof(Datum) * n);
+	states = palloc(sizeof(Datum) * n);
+	statuses = palloc(sizeof(Datum) * n);
+	errs = palloc(sizeof(Datum) * n);
+	errnulls = palloc(sizeof(bool) * n);
+	delays = palloc(sizeof(Datum) * n);
+	uncounted = palloc(sizeof(Datum) * n);
+	foreach(lc, e->finished)
+	{
+		LhdTask    *t = lfirst(lc);
+
+		ids[i] = Int64GetDatum(t->job_id);
+		gens[i] = Int32GetDatum(t->generation);
+		states[i] = CStringGetTextDatum(outcome_state(t->outcome));
+		statuses[i] = Int32GetDatum((int32) t->last_status);
+		errnulls[i] = (t->last_error == NULL);
+		errs[i] = t->last_error ? CStringGetTextDatum(t->last_error) : (Datum) 0;
+		delays[i] = Int32GetDatum(t->retry_delay_ms);
+		uncounted[i] = BoolGetDatum(t->uncounted);
+		if (t->kind == LHD_JOB_ROLES)
+			roles = lappend(roles, t);
+		i++;
+	}
+	dims[0] = n;
+
+	lhd_unit_begin(e);
+	values[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	values[1] = PointerGetDatum(construct_array(gens, n, INT4OID, 4, true, TYPALIGN_INT));
+	values[2] = PointerGetDatum(construct_array(states, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[3] = PointerGetDatum(construct_array(statuses, n, INT4OID, 4, true, TYPALIGN_INT));
+	values[4] = PointerGetDatum(construct_md_array(errs, errnulls, 1, dims, lbs,
+												   TEXTOID, -1, false, TYPALIGN_INT));
+	values[5] = PointerGetDatum(construct_array(delays, n, INT4OID, 4, true, TYPALIGN_INT));
+	values[6] = PointerGetDatum(construct_array(uncounted, n, BOOLOID, 1, true, TYPALIGN_CHAR));
+	lhd_exec(&plan, values, NULL, false, 0);
+	if (roles != NIL)
+		lhd_roles_record(e, roles);
+	lhd_unit_end(e);
+
+	foreach(lc, e->finished)
+	{
+		LhdTask    *t = lfirst(lc);
+
+		if (t->outcome == LHD_OUT_DONE || t->outcome == LHD_OUT_FAILED ||
+			t->outcome == LHD_OUT_DEAD)
+			e->jobs_finished++;
+		MemoryContextDelete(t->cxt);
+	}
+	list_free(e->finished);
+	list_free(roles);
+	e->finished = NIL;
+	return n;
+}
+
+/* ---------- transport ---------- */
+
+static void
+engine_transport_step(LhdEngine *e)
+{
+	if (e->mode == LHD_API_FAKE)
+	{
+		lhd_unit_begin(e);
+		lhd_fake_execute(e);
+		lhd_unit_end(e);
+	}
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("lhdiscord.api_mode = live is not available in this build"),
+				 errhint("Use lhdiscord.api_mode = fake.")));
+}
+
+/* ---------- the drain ---------- */
+
+static LhdEngine *
+engine_create(bool in_worker)
+{
+	MemoryContext cxt = AllocSetContextCreate(in_worker ? TopMemoryContext : CurrentMemoryContext,
+											  "lhdiscord engine", ALLOCSET_DEFAULT_SIZES);
+	LhdEngine  *e = MemoryContextAllocZero(cxt, sizeof(LhdEngine));
+
+	e->cxt = cxt;
+	e->in_worker = in_worker;
+	e->mode = lhd_api_mode;
+	e->guild_id = MemoryContextStrdup(cxt, lhd_guild_id ? lhd_guild_id : "");
+	return e;
+}
+
+/*
+ * Process up to max_jobs due jobs to a final or retry state; returns the
+ * number that reached done, failed or dead.
+ */
+int
+lhd_drain(bool in_worker, int max_jobs)
+{
+	LhdEngine  *e = engine_create(in_worker);
+	int			finished;
+
+	e->max_jobs = max_jobs;
+	while (e->jobs_finished < max_jobs)
+	{
+		int			claimed = engine_claim(e, Min(CLAIM_BATCH, max_jobs - e->jobs_finished));
+
+		if (claimed == 0)
+			break;
+		while (e->active != NIL)
+		{
+			CHECK_FOR_INTERRUPTS();
+			if (e->ready != NIL || e->inflight > 0)
+				engine_transport_step(e);
+			engine_dispatch_completed(e);
+			if (e->ready == NIL && e->inflight == 0 && e->completed == NIL && e->active != NIL)
+			{
+				/* A task waits for nothing: a bug; fail it rather than spin. */
+				LhdTask    *t = linitial(e->active);
+
+				lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "internal error: task stalled");
+			}
+		}
+		engine_record(e);
+	}
+	finished = e->jobs_finished;
+	MemoryContextDelete(e->cxt);
+	return finished;
+}
+
+/*
+ * drain_outbox(max int DEFAULT 1000) -> int
+ * Runs the worker's code path in the calling session and transaction.
+ */
+Datum
+drain_outbox(PG_FUNCTION_ARGS)
+{
+	int			max_jobs = PG_ARGISNULL(0) ? 1000 : PG_GETARG_INT32(0);
+	int			finished;
+
+	if (max_jobs < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max must be at least 1")));
+	SPI_connect();
+	finished = lhd_drain(false, max_jobs);
+	SPI_finish();
+	PG_RETURN_INT32(finished);
+}

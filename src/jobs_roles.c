@@ -1,0 +1,295 @@
+/*-------------------------------------------------------------------------
+ *
+ * jobs_roles.c
+ *	  The role convergence job: bring one Discord user to its desired roles.
+ *
+ * Owns the life of a "roles" outbox job.  Its inputs (account, user, portal
+ * roles, last applied state) are loaded for the whole claimed batch in one
+ * query, and the desired set is computed from them at that moment, so the
+ * job converges to the current state however many changes folded into it.
+ *
+ * When the roles the member holds are known (lhdiscord.role_state, kept
+ * after every successful convergence) the job sends only the PUT and DELETE
+ * calls that change something.  When they are unknown (first link, after a
+ * failure) it reads the member once (GET member) and diffs.  Only managed
+ * roles are ever removed.  Any failed call forgets the state, so the next
+ * convergence reads the member again.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+
+#include "lhdiscord.h"
+#include "lhd_engine.h"
+#include "lhd_json.h"
+
+typedef struct RolesState
+{
+	LhdRoleInputs *in;
+	LhdRoleSet	desired;
+	LhdRoleSet	managed;
+	LhdRoleSet	held;			/* what the member holds, as far as we know */
+	bool		fetched;		/* held came from GET member */
+	int			failures;		/* calls that failed */
+	LhdRequest *first_failure;	/* the most telling failed response */
+	LhdOutcome	worst;			/* outcome the failures lead to */
+} RolesState;
+
+/* Load the inputs of every claimed roles job and compute its sets. */
+void
+lhd_roles_prepare(LhdEngine *e, List *tasks)
+{
+	int			n = list_length(tasks);
+	char	  **ids = palloc(sizeof(char *) * n);
+	LhdRoleMap *map;
+	LhdRoleInputs *inputs;
+	ListCell   *lc;
+	int			i = 0;
+
+	foreach(lc, tasks)
+		ids[i++] = ((LhdTask *) lfirst(lc))->discord_user_id;
+	map = lhd_rolemap_load();
+	inputs = lhd_role_inputs_load(ids, n);
+
+	i = 0;
+	foreach(lc, tasks)
+	{
+		LhdTask    *t = lfirst(lc);
+		MemoryContext old = MemoryContextSwitchTo(t->cxt);
+		RolesState *st = palloc0(sizeof(RolesState));
+		LhdRoleInputs *in = palloc(sizeof(LhdRoleInputs));
+
+		/* Copy into the task's context: the batch's SPI memory goes away. */
+		*in = inputs[i];
+		in->applied.n = 0;
+		in->applied.ids = NULL;
+		for (int k = 0; k < inputs[i].applied.n; k++)
+			lhd_roleset_add(&in->applied, inputs[i].applied.ids[k]);
+		st->in = in;
+		lhd_desired_roles(map, in, &st->desired, &st->managed);
+		st->worst = LHD_OUT_DONE;
+		t->state = st;
+		MemoryContextSwitchTo(old);
+		i++;
+	}
+}
+
+/* Queue one role call (PUT adds, DELETE removes) for the task's member. */
+static void
+send_role_call(LhdEngine *e, LhdTask *t, LhdOp op, const char *role)
+{
+	LhdRequest *r = lhd_task_request(t, op, "/guilds/%s/members/%s/roles/%s",
+									 e->guild_id, t->discord_user_id, role);
+
+	r->role_id = r->path + strlen(r->path) - strlen(role);
+	lhd_task_send(e, t, r);
+}
+
+/* Send the calls that take the member from held to desired. */
+static void
+send_diff(LhdEngine *e, LhdTask *t)
+{
+	RolesState *st = t->state;
+	int			sent = 0;
+
+	/* Removals first: only managed roles the member holds and should not. */
+	for (int i = 0; i < st->held.n; i++)
+	{
+		if (lhd_roleset_contains(&st->managed, st->held.ids[i]) &&
+			!lhd_roleset_contains(&st->desired, st->held.ids[i]))
+		{
+			send_role_call(e, t, LHD_OP_ROLE_DELETE, st->held.ids[i]);
+			sent++;
+		}
+	}
+	for (int i = 0; i < st->desired.n; i++)
+	{
+		if (!lhd_roleset_contains(&st->held, st->desired.ids[i]))
+		{
+			send_role_call(e, t, LHD_OP_ROLE_PUT, st->desired.ids[i]);
+			sent++;
+		}
+	}
+	if (sent == 0)
+		lhd_task_finish(e, t, LHD_OUT_DONE, 0, NULL);
+}
+
+void
+lhd_roles_start(LhdEngine *e, LhdTask *t)
+{
+	RolesState *st = t->state;
+
+	if (e->guild_id[0] == '\0')
+	{
+		ereport(WARNING,
+				(errmsg("lhdiscord: cannot converge roles: lhdiscord.guild_id is not set")));
+		lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "lhdiscord.guild_id is not set");
+		return;
+	}
+	if (st->in->applied_known)
+	{
+		MemoryContext old = MemoryContextSwitchTo(t->cxt);
+
+		for (int i = 0; i < st->in->applied.n; i++)
+			lhd_roleset_add(&st->held, st->in->applied.ids[i]);
+		MemoryContextSwitchTo(old);
+		send_diff(e, t);
+	}
+	else if (st->managed.n == 0)
+	{
+		/* Nothing is managed: nothing to read or change. */
+		lhd_task_finish(e, t, LHD_OUT_DONE, 0, NULL);
+	}
+	else
+		lhd_task_send(e, t, lhd_task_request(t, LHD_OP_MEMBER_GET, "/guilds/%s/members/%s",
+											 e->guild_id, t->discord_user_id));
+}
+
+/* Keep the failure that decides the job's fate: permanent beats transient. */
+static void
+note_failure(LhdTask *t, LhdRequest *r)
+{
+	RolesState *st = t->state;
+	bool		permanent;
+	LhdOutcome	o = lhd_classify(t, r, &permanent);
+
+	st->failures++;
+	if (r->paused)
+		t->uncounted = true;
+	if (st->first_failure == NULL || (o == LHD_OUT_FAILED && st->worst != LHD_OUT_FAILED))
+	{
+		st->first_failure = r;
+		st->worst = o;
+	}
+}
+
+void
+lhd_roles_response(LhdEngine *e, LhdTask *t, LhdRequest *r)
+{
+	RolesState *st = t->state;
+
+	if (r->op == LHD_OP_MEMBER_GET)
+	{
+		char	  **roles;
+		int			n;
+
+		if (!lhd_response_ok(r))
+		{
+			lhd_task_finish_from(e, t, r);
+			return;
+		}
+		if (!lhd_json_member_roles(r->resp_body, &roles, &n))
+		{
+			lhd_task_finish(e, t, LHD_OUT_RETRY, r->status, "malformed guild member response");
+			return;
+		}
+		{
+			MemoryContext old = MemoryContextSwitchTo(t->cxt);
+
+			for (int i = 0; i < n; i++)
+				lhd_roleset_add(&st->held, roles[i]);
+			MemoryContextSwitchTo(old);
+		}
+		st->fetched = true;
+		send_diff(e, t);
+		return;
+	}
+
+	if (lhd_response_ok(r))
+	{
+		MemoryContext old = MemoryContextSwitchTo(t->cxt);
+
+		if (r->op == LHD_OP_ROLE_PUT)
+			lhd_roleset_add(&st->held, r->role_id);
+		else
+		{
+			/* Rebuild without the removed role. */
+			LhdRoleSet	kept = {0};
+
+			for (int i = 0; i < st->held.n; i++)
+				if (strcmp(st->held.ids[i], r->role_id) != 0)
+					lhd_roleset_add(&kept, st->held.ids[i]);
+			st->held = kept;
+		}
+		MemoryContextSwitchTo(old);
+	}
+	else
+		note_failure(t, r);
+
+	if (t->outstanding > 0)
+		return;
+	if (st->failures == 0)
+		lhd_task_finish(e, t, LHD_OUT_DONE, r->status, NULL);
+	else
+	{
+		if (st->worst == LHD_OUT_FAILED)
+			ereport(WARNING,
+					(errmsg("lhdiscord: role convergence of Discord user %s failed without retry: %s",
+							t->discord_user_id, lhd_response_summary(st->first_failure))));
+		lhd_task_finish(e, t, st->worst, st->first_failure->status,
+						lhd_response_summary(st->first_failure));
+	}
+}
+
+/*
+ * Remember what each successfully converged member holds; forget it for the
+ * others so their next convergence reads the member first.
+ */
+void
+lhd_roles_record(LhdEngine *e, List *tasks)
+{
+	static LhdPlan upsert_plan = {
+		.sql = "INSERT INTO lhdiscord.role_state (discord_user_id, role_ids, synced_at) "
+		"SELECT r.id, r.roles::text[], now() FROM unnest($1::text[], $2::text[]) AS r(id, roles) "
+		"ON CONFLICT (discord_user_id) DO UPDATE SET role_ids = EXCLUDED.role_ids, synced_at = now()",
+		.nargs = 2,
+		.argtypes = {TEXTARRAYOID, TEXTARRAYOID}
+	};
+	static LhdPlan forget_plan = {
+		.sql = "DELETE FROM lhdiscord.role_state WHERE discord_user_id = ANY ($1::text[])",
+		.nargs = 1,
+		.argtypes = {TEXTARRAYOID}
+	};
+	int			n = list_length(tasks);
+	Datum	   *known_ids = palloc(sizeof(Datum) * n);
+	Datum	   *known_sets = palloc(sizeof(Datum) * n);
+	Datum	   *unknown_ids = palloc(sizeof(Datum) * n);
+	int			nknown = 0;
+	int			nunknown = 0;
+	ListCell   *lc;
+
+	foreach(lc, tasks)
+	{
+		LhdTask    *t = lfirst(lc);
+		RolesState *st = t->state;
+
+		if (st == NULL)
+			continue;
+		if (t->outcome == LHD_OUT_DONE && (st->fetched || st->in->applied_known))
+		{
+			known_ids[nknown] = CStringGetTextDatum(t->discord_user_id);
+			known_sets[nknown++] = CStringGetTextDatum(lhd_roleset_literal(&st->held));
+		}
+		else if (t->outcome != LHD_OUT_DONE)
+			unknown_ids[nunknown++] = CStringGetTextDatum(t->discord_user_id);
+	}
+	if (nknown > 0)
+	{
+		Datum		values[2];
+
+		values[0] = PointerGetDatum(construct_array(known_ids, nknown, TEXTOID, -1, false, TYPALIGN_INT));
+		values[1] = PointerGetDatum(construct_array(known_sets, nknown, TEXTOID, -1, false, TYPALIGN_INT));
+		lhd_exec(&upsert_plan, values, NULL, false, 0);
+	}
+	if (nunknown > 0)
+	{
+		Datum		values[1];
+
+		values[0] = PointerGetDatum(construct_array(unknown_ids, nunknown, TEXTOID, -1, false, TYPALIGN_INT));
+		lhd_exec(&forget_plan, values, NULL, false, 0);
+	}
+}

@@ -1,0 +1,428 @@
+/*-------------------------------------------------------------------------
+ *
+ * triggers.c
+ *	  Triggers that turn the application's plain SQL writes into Discord work.
+ *
+ * Owns:
+ *	- users_after_update: membership level, staff department/rank and brig
+ *	  changes (audited discord_roles_synced, discord_staff_synced or
+ *	  discord_staff_removed, discord_user_brigged, discord_user_released);
+ *	- accounts_after_change: every insert, delete (including cascades) and
+ *	  status change of a Discord account queues that Discord user's
+ *	  convergence, so no path can leave roles behind;
+ *	- user_roles_after_change: portal role changes converge in portal-leading
+ *	  mode;
+ *	- role_map_after_change: a changed mapping converges every active account;
+ *	- touch_updated_at: maintains updated_at.
+ *
+ * All of them are row triggers with WHEN clauses or statement triggers whose
+ * SQL runs through kept plans (spi_util.c), and all are SECURITY DEFINER so
+ * the application needs privileges only on users and user_roles.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "fmgr.h"
+#include "utils/builtins.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+
+#include "lhdiscord.h"
+
+PG_FUNCTION_INFO_V1(users_after_update);
+PG_FUNCTION_INFO_V1(accounts_after_change);
+PG_FUNCTION_INFO_V1(user_roles_after_change);
+PG_FUNCTION_INFO_V1(role_map_after_change);
+PG_FUNCTION_INFO_V1(touch_updated_at);
+
+/*
+ * While a caller (link, unlink, revoke, brig) runs a statement on
+ * discord_accounts, the reason its convergences carry, and how many the
+ * trigger queued.  A caller that finds the trigger queued nothing is running
+ * against an older extension version (the library is newer than the SQL
+ * objects until ALTER EXTENSION UPDATE) and queues the work itself.
+ */
+static const char *pending_reason = NULL;
+static int	trigger_enqueues = 0;
+
+void
+lhd_account_dml_begin(const char *reason)
+{
+	pending_reason = reason;
+	trigger_enqueues = 0;
+}
+
+bool
+lhd_account_dml_end(void)
+{
+	pending_reason = NULL;
+	return trigger_enqueues > 0;
+}
+
+static char *
+field_text(HeapTuple tuple, TupleDesc desc, const char *name)
+{
+	return SPI_getvalue(tuple, desc, SPI_fnumber(desc, name));
+}
+
+static bool
+field_bool(HeapTuple tuple, TupleDesc desc, const char *name)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tuple, desc, SPI_fnumber(desc, name), &isnull);
+
+	return !isnull && DatumGetBool(d);
+}
+
+static int64
+field_int64(HeapTuple tuple, TupleDesc desc, const char *name)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tuple, desc, SPI_fnumber(desc, name), &isnull);
+
+	return isnull ? 0 : DatumGetInt64(d);
+}
+
+static bool
+text_differs(const char *a, const char *b)
+{
+	if (a == NULL || b == NULL)
+		return a != b;
+	return strcmp(a, b) != 0;
+}
+
+static void
+audit_user_change(const char *action, int64 user_id, const char *before,
+				  const char *after, const char *description)
+{
+	LhdAudit	a = {0};
+
+	a.action = action;
+	a.subject_user_id = user_id;
+	a.entity = "users";
+	a.entity_pk = psprintf(INT64_FORMAT, user_id);
+	a.before_json = before;
+	a.after_json = after;
+	a.description = description;
+	lhd_audit(&a);
+}
+
+/* Set the status of a user's accounts; their trigger queues the work. */
+static int
+set_account_status(int64 user_id, const char *from, const char *to, const char *reason)
+{
+	static LhdPlan plan = {
+		.sql = "UPDATE lhdiscord.discord_accounts SET status = $3::lhdiscord.account_status "
+		"WHERE user_id = $1 AND status = $2::lhdiscord.account_status",
+		.nargs = 3,
+		.argtypes = {INT8OID, TEXTOID, TEXTOID}
+	};
+	Datum		values[3];
+	int			n;
+
+	values[0] = Int64GetDatum(user_id);
+	values[1] = CStringGetTextDatum(from);
+	values[2] = CStringGetTextDatum(to);
+	lhd_account_dml_begin(reason);
+	PG_TRY();
+	{
+		n = lhd_exec(&plan, values, NULL, false, 0);
+	}
+	PG_FINALLY();
+	{
+		lhd_account_dml_end();
+	}
+	PG_END_TRY();
+	return n;
+}
+
+/*
+ * AFTER UPDATE ON users FOR EACH ROW, WHEN level, department, rank or brig
+ * changed.
+ */
+Datum
+users_after_update(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	TupleDesc	desc;
+	HeapTuple	oldt;
+	HeapTuple	newt;
+	int64		user_id;
+	char	   *old_level,
+			   *new_level,
+			   *old_dept,
+			   *new_dept,
+			   *old_rank,
+			   *new_rank;
+	bool		old_brig,
+				new_brig;
+	bool		level_changed,
+				staff_changed;
+	int			synced = 0;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+		elog(ERROR, "users_after_update: must fire AFTER UPDATE");
+	desc = td->tg_relation->rd_att;
+	oldt = td->tg_trigtuple;
+	newt = td->tg_newtuple;
+
+	user_id = field_int64(newt, desc, "user_id");
+	old_level = field_text(oldt, desc, "membership_level");
+	new_level = field_text(newt, desc, "membership_level");
+	old_dept = field_text(oldt, desc, "staff_department");
+	new_dept = field_text(newt, desc, "staff_department");
+	old_rank = field_text(oldt, desc, "staff_rank");
+	new_rank = field_text(newt, desc, "staff_rank");
+	old_brig = field_bool(oldt, desc, "in_brig");
+	new_brig = field_bool(newt, desc, "in_brig");
+	level_changed = text_differs(old_level, new_level);
+	staff_changed = text_differs(old_dept, new_dept) || text_differs(old_rank, new_rank);
+
+	SPI_connect();
+
+	if (!old_brig && new_brig)
+	{
+		/*
+		 * The brig always completes in the database, whatever Discord does:
+		 * accounts become brigged now, the strip is queued.
+		 */
+		int			n = set_account_status(user_id, "active", "brigged", "User placed in the brig");
+
+		if (n > 0)
+			audit_user_change("discord_user_brigged", user_id,
+							  "{\"in_brig\": false}",
+							  psprintf("{\"in_brig\": true, \"accounts_brigged\": %d}", n),
+							  psprintf("%d Discord account(s) brigged; managed roles queued for removal", n));
+	}
+	else if (old_brig && !new_brig)
+	{
+		int			n = set_account_status(user_id, "brigged", "active", "User released from the brig");
+
+		if (n > 0)
+			audit_user_change("discord_user_released", user_id,
+							  "{\"in_brig\": true}",
+							  psprintf("{\"in_brig\": false, \"accounts_restored\": %d}", n),
+							  psprintf("%d Discord account(s) restored; full permissions queued", n));
+		synced = n;
+	}
+
+	if ((level_changed || staff_changed) && !new_brig)
+	{
+		/* Rank-only changes re-sync department and rank together (edge case 8). */
+		if (synced == 0)
+			synced = lhd_enqueue_user_convergence(user_id,
+												  level_changed ? "Membership level changed" : "Staff position changed");
+		if (synced > 0 && level_changed)
+		{
+			StringInfoData before,
+						after;
+			bool		f1 = true,
+						f2 = true;
+
+			initStringInfo(&before);
+			appendStringInfoChar(&before, '{');
+			lhd_json_append_str(&before, "membership_level", old_level, &f1);
+			appendStringInfoChar(&before, '}');
+			initStringInfo(&after);
+			appendStringInfoChar(&after, '{');
+			lhd_json_append_str(&after, "membership_level", new_level, &f2);
+			lhd_json_append_raw(&after, "accounts", psprintf("%d", synced), &f2);
+			appendStringInfoChar(&after, '}');
+			audit_user_change("discord_roles_synced", user_id, before.data, after.data,
+							  psprintf("Membership %s -> %s synced to %d Discord account(s)",
+									   old_level, new_level, synced));
+		}
+		if (synced > 0 && staff_changed)
+		{
+			StringInfoData before,
+						after;
+			bool		f1 = true,
+						f2 = true;
+			bool		removed = (new_dept == NULL && strcmp(new_rank, "none") == 0);
+
+			initStringInfo(&before);
+			appendStringInfoChar(&before, '{');
+			lhd_json_append_str(&before, "staff_department", old_dept, &f1);
+			lhd_json_append_str(&before, "staff_rank", old_rank, &f1);
+			appendStringInfoChar(&before, '}');
+			initStringInfo(&after);
+			appendStringInfoChar(&after, '{');
+			lhd_json_append_str(&after, "staff_department", new_dept, &f2);
+			lhd_json_append_str(&after, "staff_rank", new_rank, &f2);
+			lhd_json_append_raw(&after, "accounts", psprintf("%d", synced), &f2);
+			appendStringInfoChar(&after, '}');
+			audit_user_change(removed ? "discord_staff_removed" : "discord_staff_synced",
+							  user_id, before.data, after.data,
+							  removed ? psprintf("Staff roles removed from %d Discord account(s)", synced)
+							  : psprintf("Staff roles synced to %d Discord account(s)", synced));
+		}
+	}
+
+	SPI_finish();
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * AFTER INSERT OR DELETE OR UPDATE OF status ON discord_accounts FOR EACH ROW:
+ * queue the convergence of the Discord user (a deleted account converges to
+ * nothing, i.e. every managed role it holds is stripped).
+ */
+Datum
+accounts_after_change(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	TupleDesc	desc;
+	HeapTuple	tuple;
+	const char *reason = pending_reason;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "accounts_after_change: not called by trigger manager");
+	desc = td->tg_relation->rd_att;
+	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+	{
+		if (!text_differs(field_text(td->tg_trigtuple, desc, "status"),
+						  field_text(td->tg_newtuple, desc, "status")))
+			return PointerGetDatum(NULL);
+		tuple = td->tg_newtuple;
+		if (reason == NULL)
+			reason = "Discord account status changed";
+	}
+	else
+	{
+		tuple = td->tg_trigtuple;
+		if (reason == NULL)
+			reason = TRIGGER_FIRED_BY_INSERT(td->tg_event) ?
+				"Discord account linked" : "Discord account removed";
+	}
+
+	SPI_connect();
+	lhd_enqueue_convergence(field_text(tuple, desc, "discord_user_id"),
+							field_int64(tuple, desc, "user_id"), reason);
+	SPI_finish();
+	trigger_enqueues++;
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * AFTER INSERT OR UPDATE OR DELETE ON user_roles FOR EACH ROW: in
+ * portal-leading mode a mapped portal role is a managed Discord role, so a
+ * change converges the user's active accounts.
+ */
+Datum
+user_roles_after_change(PG_FUNCTION_ARGS)
+{
+	static LhdPlan mapped_plan = {
+		.sql = "SELECT 1 FROM lhdiscord.role_map WHERE key = $1 "
+		"AND discord_role_id IS NOT NULL AND discord_role_id <> ''",
+		.nargs = 1,
+		.argtypes = {TEXTOID}
+	};
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	TupleDesc	desc;
+	HeapTuple	tuples[2];
+	const char *changes[2];
+	int			ntuples = 0;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "user_roles_after_change: not called by trigger manager");
+	if (lhd_governance_mode != LHD_GOV_PORTAL_LEADING)
+		return PointerGetDatum(NULL);
+
+	desc = td->tg_relation->rd_att;
+	if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
+	{
+		tuples[ntuples] = td->tg_trigtuple;
+		changes[ntuples++] = "granted";
+	}
+	else if (TRIGGER_FIRED_BY_DELETE(td->tg_event))
+	{
+		tuples[ntuples] = td->tg_trigtuple;
+		changes[ntuples++] = "revoked";
+	}
+	else
+	{
+		tuples[ntuples] = td->tg_trigtuple;
+		changes[ntuples++] = "revoked";
+		tuples[ntuples] = td->tg_newtuple;
+		changes[ntuples++] = "granted";
+	}
+
+	SPI_connect();
+	for (int i = 0; i < ntuples; i++)
+	{
+		char	   *role = field_text(tuples[i], desc, "role");
+		int64		user_id = field_int64(tuples[i], desc, "user_id");
+		Datum		values[1] = {CStringGetTextDatum(role)};
+		int			n;
+
+		if (lhd_exec(&mapped_plan, values, NULL, false, 1) == 0)
+			continue;
+		n = lhd_enqueue_user_convergence(user_id, psprintf("Portal role %s %s", role, changes[i]));
+		if (n > 0)
+		{
+			StringInfoData after;
+			bool		first = true;
+
+			initStringInfo(&after);
+			appendStringInfoChar(&after, '{');
+			lhd_json_append_str(&after, "portal_role", role, &first);
+			lhd_json_append_str(&after, "change", changes[i], &first);
+			lhd_json_append_raw(&after, "accounts", psprintf("%d", n), &first);
+			appendStringInfoChar(&after, '}');
+			audit_user_change("discord_roles_synced", user_id, NULL, after.data,
+							  psprintf("Portal role %s %s; synced to %d Discord account(s)",
+									   role, changes[i], n));
+		}
+	}
+	SPI_finish();
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * AFTER INSERT OR UPDATE OR DELETE ON role_map FOR EACH STATEMENT: the
+ * desired set of every active account may have changed.
+ */
+Datum
+role_map_after_change(PG_FUNCTION_ARGS)
+{
+	static LhdPlan plan = {
+		.sql = "INSERT INTO lhdiscord.outbox (kind, discord_user_id, user_id, reason) "
+		"SELECT 'roles', a.discord_user_id, a.user_id, 'Role mapping changed' "
+		"FROM lhdiscord.discord_accounts a WHERE a.status = 'active' "
+		"ON CONFLICT (discord_user_id) WHERE kind = 'roles' AND state IN ('pending', 'in_flight') "
+		"DO UPDATE SET generation = lhdiscord.outbox.generation + 1, updated_at = now()",
+		.nargs = 0
+	};
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "role_map_after_change: not called by trigger manager");
+	SPI_connect();
+	lhd_exec(&plan, NULL, NULL, false, 0);
+	SPI_finish();
+	return PointerGetDatum(NULL);
+}
+
+/* BEFORE UPDATE FOR EACH ROW: NEW.updated_at = now(). */
+Datum
+touch_updated_at(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	int			attnum;
+	Datum		value;
+	bool		isnull = false;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+		elog(ERROR, "touch_updated_at: must fire BEFORE UPDATE");
+	rel = td->tg_relation;
+	attnum = SPI_fnumber(rel->rd_att, "updated_at");
+	if (attnum <= 0)
+		return PointerGetDatum(td->tg_newtuple);
+	value = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	return PointerGetDatum(heap_modify_tuple_by_cols(td->tg_newtuple, rel->rd_att,
+													 1, &attnum, &value, &isnull));
+}
