@@ -18,6 +18,7 @@
 #include <ctype.h>
 #include <limits.h>
 
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 #include "lhdiscord.h"
@@ -39,6 +40,12 @@ char	   *lhd_privileged_roles = NULL;
 int			lhd_reconcile_interval = 600;
 int			lhd_reconcile_max_suspend_percent = 20;
 int			lhd_snapshot_max_shrink_percent = 50;
+int			lhd_max_concurrency = 16;
+int			lhd_request_timeout_ms = 10000;
+int			lhd_global_rate_limit = 50;
+int			lhd_invalid_request_budget = 2000;
+int			lhd_poll_interval = 60;
+int			lhd_outbox_retention = 7 * 24 * 3600;
 int			lhd_max_attempts = 10;
 int			lhd_retry_base_ms = 1000;
 int			lhd_retry_max_delay = 300;
@@ -272,12 +279,16 @@ check_privileged_roles(char **newval, void **extra, GucSource source)
 void
 lhd_define_gucs(void)
 {
+	/*
+	 * Only the postmaster may create a PGC_POSTMASTER variable: loaded any
+	 * other way (no worker then), the setting is merely informational.
+	 */
 	DefineCustomStringVariable("lhdiscord.database",
 							   "Database the lhdiscord background worker connects to.",
 							   NULL,
 							   &lhd_database,
 							   "postgres",
-							   PGC_POSTMASTER,
+							   process_shared_preload_libraries_in_progress ? PGC_POSTMASTER : PGC_SIGHUP,
 							   0,
 							   NULL, NULL, NULL);
 
@@ -425,6 +436,60 @@ lhd_define_gucs(void)
 							50, 0, 100,
 							PGC_SUSET,
 							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("lhdiscord.max_concurrency",
+							"Discord requests in flight at once (connections are reused).",
+							NULL,
+							&lhd_max_concurrency,
+							16, 1, 256,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("lhdiscord.request_timeout",
+							"Timeout of one Discord request.",
+							NULL,
+							&lhd_request_timeout_ms,
+							10000, 100, 600000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("lhdiscord.global_rate_limit",
+							"Requests per second across all routes (Discord's global limit is 50; 0 = no limit).",
+							NULL,
+							&lhd_global_rate_limit,
+							50, 0, 100000,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("lhdiscord.invalid_request_budget",
+							"401, 403 and 429 responses allowed per 10 minutes before sending stops; from half of it the worker slows to 1 request/s (Discord bans at 10000).",
+							NULL,
+							&lhd_invalid_request_budget,
+							2000, 10, 9000,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("lhdiscord.poll_interval",
+							"Safety-net poll of the worker; commits wake it at once.",
+							NULL,
+							&lhd_poll_interval,
+							60, 1, 3600,
+							PGC_SUSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("lhdiscord.outbox_retention",
+							"Finished (done, failed, dead) outbox jobs older than this are pruned (0 = keep).",
+							NULL,
+							&lhd_outbox_retention,
+							7 * 24 * 3600, 0, INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_S,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("lhdiscord.max_attempts",

@@ -28,6 +28,7 @@
 #include "lhdiscord.h"
 #include "lhd_engine.h"
 #include "lhd_json.h"
+#include "lhd_shared.h"
 
 PG_FUNCTION_INFO_V1(drain_outbox);
 
@@ -46,21 +47,27 @@ lhd_unit_begin(LhdEngine *e)
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		SPI_connect();
-		PushActiveSnapshot(GetTransactionSnapshot());
 	}
+	else
+	{
+		/*
+		 * Inside drain_outbox() the units share the caller's transaction;
+		 * make this unit's reads see what earlier units wrote.
+		 */
+		CommandCounterIncrement();
+	}
+	PushActiveSnapshot(GetTransactionSnapshot());
 }
 
 void
 lhd_unit_end(LhdEngine *e)
 {
+	PopActiveSnapshot();
 	if (e->in_worker)
 	{
 		SPI_finish();
-		PopActiveSnapshot();
 		CommitTransactionCommand();
 	}
-	else
-		CommandCounterIncrement();
 }
 
 /* ---------- tasks and requests ---------- */
@@ -152,18 +159,20 @@ lhd_response_ok(const LhdRequest *r)
 	return r->status >= 200 && r->status < 300;
 }
 
-/* "404 Unknown Member (10007)" or the transport error. */
+/*
+ * "GET /guilds/{guild_id}/members/{user_id}: HTTP 404, Discord code 10007:
+ * Unknown Member", or the transport error.  Route templates carry the
+ * method and no ids, so summaries never hold a token or a user's data.
+ */
 char *
 lhd_response_summary(const LhdRequest *r)
 {
 	if (r->status == 0)
-		return psprintf("%s %s: %s", lhd_method_names[r->method], r->route,
-						r->error ? r->error : "no response");
+		return psprintf("%s: %s", r->route, r->error ? r->error : "no response");
 	if (r->discord_code)
-		return psprintf("%s %s: HTTP %ld, Discord code %d%s%s", lhd_method_names[r->method],
-						r->route, r->status, r->discord_code,
-						r->error ? ": " : "", r->error ? r->error : "");
-	return psprintf("%s %s: HTTP %ld", lhd_method_names[r->method], r->route, r->status);
+		return psprintf("%s: HTTP %ld, Discord code %d%s%s", r->route, r->status,
+						r->discord_code, r->error ? ": " : "", r->error ? r->error : "");
+	return psprintf("%s: HTTP %ld", r->route, r->status);
 }
 
 static int
@@ -220,7 +229,7 @@ lhd_task_finish(LhdEngine *e, LhdTask *t, LhdOutcome outcome, long status, const
 	if (outcome == LHD_OUT_RETRY && !t->uncounted && t->attempts >= lhd_max_attempts)
 		outcome = LHD_OUT_DEAD;
 	if (outcome == LHD_OUT_RETRY)
-		t->retry_delay_ms = backoff_ms(t->attempts);
+		t->retry_delay_ms = t->uncounted ? 1000 : backoff_ms(t->attempts);
 	t->outcome = outcome;
 	t->last_status = status;
 	t->last_error = error ? pstrdup(error) : NULL;
@@ -265,6 +274,9 @@ start_task(LhdEngine *e, LhdTask *t)
 		case LHD_JOB_ROLES:
 			lhd_roles_start(e, t);
 			break;
+		case LHD_JOB_DM:
+			lhd_dm_start(e, t);
+			break;
 		default:
 			ereport(WARNING,
 					(errmsg("lhdiscord: outbox job " INT64_FORMAT " has a kind this version does not process",
@@ -275,13 +287,18 @@ start_task(LhdEngine *e, LhdTask *t)
 }
 
 /* Claim up to limit due jobs and start them; returns the number claimed. */
-static int
-engine_claim(LhdEngine *e, int limit)
+int
+lhd_engine_claim(LhdEngine *e, int limit)
 {
 	static LhdPlan plan = {
 		.sql = "WITH c AS ("
-		"  SELECT id FROM lhdiscord.outbox "
+		"  SELECT id FROM lhdiscord.outbox j "
 		"   WHERE state = 'pending' AND run_after <= now() "
+		/* DMs of one recipient go one at a time, oldest first. */
+		"     AND (kind <> 'dm' OR NOT EXISTS ("
+		"          SELECT 1 FROM lhdiscord.outbox p "
+		"           WHERE p.kind = 'dm' AND p.discord_user_id = j.discord_user_id "
+		"             AND (p.state = 'in_flight' OR (p.state = 'pending' AND p.id < j.id)))) "
 		"   ORDER BY run_after, id LIMIT $1 FOR UPDATE SKIP LOCKED) "
 		"UPDATE lhdiscord.outbox o SET state = 'in_flight', attempts = o.attempts + 1, "
 		"       claimed_by = pg_backend_pid(), claimed_at = now(), updated_at = now() "
@@ -295,6 +312,7 @@ engine_claim(LhdEngine *e, int limit)
 	int			n;
 	List	   *claimed = NIL;
 	List	   *roles = NIL;
+	List	   *dms = NIL;
 	ListCell   *lc;
 
 	lhd_unit_begin(e);
@@ -336,24 +354,29 @@ engine_claim(LhdEngine *e, int limit)
 			e->active = lappend(e->active, t);
 			if (t->kind == LHD_JOB_ROLES)
 				roles = lappend(roles, t);
+			else if (t->kind == LHD_JOB_DM)
+				dms = lappend(dms, t);
 		}
 		MemoryContextSwitchTo(old);
 	}
 	if (roles != NIL)
 		lhd_roles_prepare(e, roles);
+	if (dms != NIL)
+		lhd_dm_prepare(e, dms);
 	lhd_unit_end(e);
 
 	foreach(lc, claimed)
 		start_task(e, (LhdTask *) lfirst(lc));
 	list_free(claimed);
 	list_free(roles);
+	list_free(dms);
 	return n;
 }
 
 /* ---------- responses ---------- */
 
-static void
-engine_dispatch_completed(LhdEngine *e)
+void
+lhd_engine_dispatch(LhdEngine *e)
 {
 	while (e->completed != NIL)
 	{
@@ -366,6 +389,9 @@ engine_dispatch_completed(LhdEngine *e)
 		{
 			case LHD_JOB_ROLES:
 				lhd_roles_response(e, t, r);
+				break;
+			case LHD_JOB_DM:
+				lhd_dm_response(e, t, r);
 				break;
 			default:
 				break;
@@ -398,8 +424,8 @@ outcome_state(LhdOutcome o)
  * whose generation moved on while it ran (a change folded into it) goes back
  * to pending so it converges to the newest desired state.
  */
-static int
-engine_record(LhdEngine *e)
+int
+lhd_engine_record(LhdEngine *e)
 {
 	static LhdPlan plan = {
 		.sql = "UPDATE lhdiscord.outbox o SET "
@@ -436,6 +462,7 @@ engine_record(LhdEngine *e)
 	int			lbs[1] = {1};
 	ListCell   *lc;
 	List	   *roles = NIL;
+	List	   *dms = NIL;
 
 	if (n == 0)
 		return 0;
@@ -462,6 +489,8 @@ engine_record(LhdEngine *e)
 		uncounted[i] = BoolGetDatum(t->uncounted);
 		if (t->kind == LHD_JOB_ROLES)
 			roles = lappend(roles, t);
+		else if (t->kind == LHD_JOB_DM)
+			dms = lappend(dms, t);
 		i++;
 	}
 	dims[0] = n;
@@ -478,6 +507,8 @@ engine_record(LhdEngine *e)
 	lhd_exec(&plan, values, NULL, false, 0);
 	if (roles != NIL)
 		lhd_roles_record(e, roles);
+	if (dms != NIL)
+		lhd_dm_record(e, dms);
 	lhd_unit_end(e);
 
 	foreach(lc, e->finished)
@@ -486,40 +517,63 @@ engine_record(LhdEngine *e)
 
 		if (t->outcome == LHD_OUT_DONE || t->outcome == LHD_OUT_FAILED ||
 			t->outcome == LHD_OUT_DEAD)
+		{
 			e->jobs_finished++;
+			pg_atomic_fetch_add_u64(&lhd_shared->jobs_finished, 1);
+		}
 		MemoryContextDelete(t->cxt);
 	}
 	list_free(e->finished);
 	list_free(roles);
+	list_free(dms);
 	e->finished = NIL;
 	return n;
 }
 
 /* ---------- transport ---------- */
 
-static void
-engine_transport_step(LhdEngine *e)
+/* Move ready requests to their transport and collect answers. */
+void
+lhd_engine_transport(LhdEngine *e, int max_wait_ms)
 {
 	if (e->mode == LHD_API_FAKE)
 	{
+		if (e->ready == NIL)
+			return;
 		lhd_unit_begin(e);
 		lhd_fake_execute(e);
 		lhd_unit_end(e);
 	}
 	else
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("lhdiscord.api_mode = live is not available in this build"),
-				 errhint("Use lhdiscord.api_mode = fake.")));
+		lhd_http_step(e, max_wait_ms);
 }
 
 /* ---------- the drain ---------- */
 
-static LhdEngine *
-engine_create(bool in_worker)
+/*
+ * A task that waits for nothing would make the drain spin: a bug, so fail
+ * the task loudly rather than hang.
+ */
+void
+lhd_engine_check_stalled(LhdEngine *e)
 {
-	MemoryContext cxt = AllocSetContextCreate(in_worker ? TopMemoryContext : CurrentMemoryContext,
-											  "lhdiscord engine", ALLOCSET_DEFAULT_SIZES);
+	if (e->active != NIL && e->ready == NIL && e->inflight == 0 && e->completed == NIL)
+	{
+		LhdTask    *t = linitial(e->active);
+
+		if (t->outstanding == 0)
+		{
+			ereport(WARNING,
+					(errmsg("lhdiscord: outbox job " INT64_FORMAT " stalled", t->job_id)));
+			lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "internal error: task stalled");
+		}
+	}
+}
+
+LhdEngine *
+lhd_engine_create(bool in_worker, MemoryContext parent)
+{
+	MemoryContext cxt = AllocSetContextCreate(parent, "lhdiscord engine", ALLOCSET_DEFAULT_SIZES);
 	LhdEngine  *e = MemoryContextAllocZero(cxt, sizeof(LhdEngine));
 
 	e->cxt = cxt;
@@ -530,19 +584,28 @@ engine_create(bool in_worker)
 }
 
 /*
- * Process up to max_jobs due jobs to a final or retry state; returns the
- * number that reached done, failed or dead.
+ * Process up to max_jobs due jobs to a final or retry state, batch by
+ * batch; returns the number that reached done, failed or dead.
  */
 int
 lhd_drain(bool in_worker, int max_jobs)
 {
-	LhdEngine  *e = engine_create(in_worker);
+	LhdEngine  *e = lhd_engine_create(in_worker, CurrentMemoryContext);
 	int			finished;
 
 	e->max_jobs = max_jobs;
 	while (e->jobs_finished < max_jobs)
 	{
-		int			claimed = engine_claim(e, Min(CLAIM_BATCH, max_jobs - e->jobs_finished));
+		int			claimed;
+
+		if (e->mode == LHD_API_LIVE && lhd_is_paused())
+		{
+			ereport(WARNING,
+					(errmsg("lhdiscord: Discord sending is paused; outbox jobs stay queued"),
+					 errhint("Fix lhdiscord.bot_token, then run SELECT pg_reload_conf().")));
+			break;
+		}
+		claimed = lhd_engine_claim(e, Min(CLAIM_BATCH, max_jobs - e->jobs_finished));
 
 		if (claimed == 0)
 			break;
@@ -550,17 +613,11 @@ lhd_drain(bool in_worker, int max_jobs)
 		{
 			CHECK_FOR_INTERRUPTS();
 			if (e->ready != NIL || e->inflight > 0)
-				engine_transport_step(e);
-			engine_dispatch_completed(e);
-			if (e->ready == NIL && e->inflight == 0 && e->completed == NIL && e->active != NIL)
-			{
-				/* A task waits for nothing: a bug; fail it rather than spin. */
-				LhdTask    *t = linitial(e->active);
-
-				lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "internal error: task stalled");
-			}
+				lhd_engine_transport(e, 100);
+			lhd_engine_dispatch(e);
+			lhd_engine_check_stalled(e);
 		}
-		engine_record(e);
+		lhd_engine_record(e);
 	}
 	finished = e->jobs_finished;
 	MemoryContextDelete(e->cxt);

@@ -21,6 +21,9 @@
 #include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
 
+/* Discord's documented limit for message content, in characters. */
+#define LHD_MESSAGE_MAX 2000
+
 typedef enum LhdMethod
 {
 	LHD_GET,
@@ -177,6 +180,12 @@ typedef struct LhdEngine
 } LhdEngine;
 
 /* engine.c */
+extern LhdEngine *lhd_engine_create(bool in_worker, MemoryContext parent);
+extern int	lhd_engine_claim(LhdEngine *e, int limit);
+extern void lhd_engine_transport(LhdEngine *e, int max_wait_ms);
+extern void lhd_engine_dispatch(LhdEngine *e);
+extern int	lhd_engine_record(LhdEngine *e);
+extern void lhd_engine_check_stalled(LhdEngine *e);
 extern int	lhd_drain(bool in_worker, int max_jobs);
 extern void lhd_unit_begin(LhdEngine *e);
 extern void lhd_unit_end(LhdEngine *e);
@@ -205,7 +214,18 @@ extern void lhd_roles_start(LhdEngine *e, LhdTask *t);
 extern void lhd_roles_response(LhdEngine *e, LhdTask *t, LhdRequest *r);
 extern void lhd_roles_record(LhdEngine *e, List *tasks);
 
+/* jobs_dm.c */
+extern int	lhd_split_message(const char *content, int max_chars, char ***parts);
+extern void lhd_dm_prepare(LhdEngine *e, List *tasks);
+extern void lhd_dm_start(LhdEngine *e, LhdTask *t);
+extern void lhd_dm_response(LhdEngine *e, LhdTask *t, LhdRequest *r);
+extern void lhd_dm_record(LhdEngine *e, List *tasks);
+
 /* fake.c */
 extern void lhd_fake_execute(LhdEngine *e);
+
+/* http.c */
+extern void lhd_http_step(LhdEngine *e, int max_wait_ms);
+extern int	lhd_http_invalid_count(LhdEngine *e, bool *throttled);
 
 #endif							/* LHD_ENGINE_H */

@@ -17,6 +17,7 @@
 #include "miscadmin.h"
 
 #include "lhdiscord.h"
+#include "lhd_shared.h"
 
 PG_MODULE_MAGIC;
 
@@ -26,4 +27,6 @@ void
 _PG_init(void)
 {
 	lhd_define_gucs();
+	lhd_shared_init();
+	lhd_register_worker();
 }

@@ -21,8 +21,9 @@
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 
-#define LHD_VERSION		"0.2.0"
+#define LHD_VERSION		"0.3.0"
 #define LHD_SCHEMA		"lhdiscord"
+#define LHD_PROJECT_URL	"https://github.com/lighthouse-portal/lhdiscord"
 
 /* Discord limits the extension enforces on input. */
 #define LHD_DISCORD_NAME_MAX	32	/* username and global_name */
@@ -62,6 +63,12 @@ extern char *lhd_privileged_roles;
 extern int	lhd_reconcile_interval;
 extern int	lhd_reconcile_max_suspend_percent;
 extern int	lhd_snapshot_max_shrink_percent;
+extern int	lhd_max_concurrency;
+extern int	lhd_request_timeout_ms;
+extern int	lhd_global_rate_limit;
+extern int	lhd_invalid_request_budget;
+extern int	lhd_poll_interval;
+extern int	lhd_outbox_retention;
 extern int	lhd_max_attempts;
 extern int	lhd_retry_base_ms;
 extern int	lhd_retry_max_delay;
@@ -123,8 +130,13 @@ extern void lhd_audit(const LhdAudit *a);
 extern void lhd_enqueue_convergence(const char *discord_user_id, int64 user_id,
 									const char *reason);
 extern int	lhd_enqueue_user_convergence(int64 user_id, const char *reason);
+extern int64 lhd_prune_outbox(int retention_seconds);
 extern void lhd_request_worker_wake(void);
-extern void lhd_outbox_xact_callback_register(void);
+
+/* ---------- worker.c ---------- */
+
+extern bool lhd_am_worker;
+extern void lhd_register_worker(void);
 
 /* ---------- triggers.c ---------- */
 

@@ -18,9 +18,16 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "fmgr.h"
 #include "utils/builtins.h"
+#include "utils/timestamp.h"
 
 #include "lhdiscord.h"
+
+PG_FUNCTION_INFO_V1(prune_outbox);
+
+/* Rows deleted per statement, so pruning never holds many locks. */
+#define PRUNE_BATCH 10000
 
 #define CONVERGENCE_UPSERT \
 	"ON CONFLICT (discord_user_id) WHERE kind = 'roles' AND state IN ('pending', 'in_flight') " \
@@ -68,4 +75,63 @@ lhd_enqueue_user_convergence(int64 user_id, const char *reason)
 	values[0] = Int64GetDatum(user_id);
 	values[1] = CStringGetTextDatum(reason ? reason : "lhdiscord");
 	return lhd_exec(&plan, values, NULL, false, 0);
+}
+
+/*
+ * Delete finished (done, failed, dead) jobs older than retention_seconds;
+ * 0 keeps everything.  Returns the number deleted.
+ */
+int64
+lhd_prune_outbox(int retention_seconds)
+{
+	static LhdPlan plan = {
+		.sql = "DELETE FROM lhdiscord.outbox WHERE id IN ("
+		"  SELECT id FROM lhdiscord.outbox "
+		"   WHERE finished_at < now() - $1 * interval '1 second' LIMIT $2)",
+		.nargs = 2,
+		.argtypes = {INT4OID, INT4OID}
+	};
+	Datum		values[2] = {Int32GetDatum(retention_seconds), Int32GetDatum(PRUNE_BATCH)};
+	int64		total = 0;
+	int			n;
+
+	if (retention_seconds <= 0)
+		return 0;
+	do
+	{
+		n = lhd_exec(&plan, values, NULL, false, 0);
+		total += n;
+	} while (n == PRUNE_BATCH);
+	return total;
+}
+
+/*
+ * prune_outbox(older_than interval DEFAULT NULL) -> bigint
+ * Deletes finished jobs older than older_than (default:
+ * lhdiscord.outbox_retention); the worker does this on its own.
+ */
+Datum
+prune_outbox(PG_FUNCTION_ARGS)
+{
+	int			seconds = lhd_outbox_retention;
+	int64		n;
+
+	if (!PG_ARGISNULL(0))
+	{
+		Interval   *iv = PG_GETARG_INTERVAL_P(0);
+		double		secs = (double) iv->time / USECS_PER_SEC +
+			(double) iv->day * SECS_PER_DAY + (double) iv->month * DAYS_PER_MONTH * SECS_PER_DAY;
+
+		if (secs < 0 || secs > INT_MAX)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("older_than must be between 0 and %d seconds", INT_MAX)));
+		seconds = (int) secs;
+		if (seconds == 0)
+			seconds = 1;		/* 0 would mean "keep everything" */
+	}
+	SPI_connect();
+	n = lhd_prune_outbox(seconds);
+	SPI_finish();
+	PG_RETURN_INT64(n);
 }

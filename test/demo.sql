@@ -1,8 +1,23 @@
--- lhdiscord demo: what the portal application does, in plain SQL.
+-- lhdiscord demo: what the portal application does, in plain SQL, with the
+-- background worker delivering the Discord calls to the mock server.
 \pset footer off
 CREATE EXTENSION lhdiscord;
 
--- Discord roles managed by lhdiscord.
+-- Demo helper: wait (bounded) until the worker has drained everything due.
+CREATE FUNCTION public.wait_for_worker() RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE deadline timestamptz := clock_timestamp() + interval '20 seconds';
+BEGIN
+  LOOP
+    IF NOT EXISTS (SELECT 1 FROM lhdiscord.outbox WHERE state IN ('pending', 'in_flight')) THEN
+      RETURN 'outbox drained';
+    END IF;
+    IF clock_timestamp() > deadline THEN RETURN 'still busy after 20 s'; END IF;
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+END $$;
+
+-- Discord roles managed by lhdiscord (a DBA does this once).
 SELECT lhdiscord.map_role(k, id) FROM (VALUES
   ('traveler', '900000000000000101'), ('resident', '900000000000000102'),
   ('citizen', '900000000000000103'), ('verified', '900000000000000104'),
@@ -13,7 +28,6 @@ CREATE ROLE portal LOGIN;
 GRANT USAGE ON SCHEMA lhdiscord TO portal;
 GRANT SELECT, INSERT, UPDATE, DELETE ON lhdiscord.users, lhdiscord.user_roles TO portal;
 GRANT SELECT ON lhdiscord.active_accounts, lhdiscord.account_overview TO portal;
-
 SET ROLE portal;
 
 -- Portal users.
@@ -24,7 +38,8 @@ INSERT INTO lhdiscord.user_roles (user_id, role) VALUES (9, 'admin');
 -- Who may link?
 SELECT user_id, lhdiscord.can_link(user_id) FROM lhdiscord.users ORDER BY 1;
 
--- Alice links her Discord account (tokens are encrypted at rest).
+-- Alice links her Discord account (tokens are encrypted at rest).  When this
+-- commits, the worker wakes and gives her the traveler and verified roles.
 SELECT id, discord_user_id, username, status, access_token
   FROM lhdiscord.link_account(1, '112233445566778899', 'alice.d', 'Alice', NULL,
                               'demo-access-token', 'demo-refresh-token', now() + interval '7 days');
@@ -33,34 +48,35 @@ SELECT id, discord_user_id, username, status, access_token
 \set ON_ERROR_STOP 0
 SELECT lhdiscord.link_account(2, '998877665544332211', 'bob.d');
 \set ON_ERROR_STOP 1
+SELECT public.wait_for_worker();
 
-SELECT portal_username, display_name, avatar_url, status, has_access_token, pending_jobs
-  FROM lhdiscord.account_overview;
-
--- Alice becomes a staff officer, then is promoted several times before the
--- queue is drained: one convergence, only the net calls.
+-- Alice becomes a staff officer and is promoted twice in one transaction:
+-- one convergence, only the net calls.
+BEGIN;
 UPDATE lhdiscord.users SET staff_department = 'engineer', staff_rank = 'officer' WHERE user_id = 1;
 UPDATE lhdiscord.users SET membership_level = 'resident' WHERE user_id = 1;
 UPDATE lhdiscord.users SET membership_level = 'citizen' WHERE user_id = 1;
-RESET ROLE;
-SELECT id, kind, discord_user_id, state, generation, reason FROM lhdiscord.outbox ORDER BY id;
-SELECT lhdiscord.desired_roles('112233445566778899');
-SET lhdiscord.api_mode = 'fake';
-SELECT lhdiscord.drain_outbox();
-SELECT method, route FROM lhdiscord.fake_calls ORDER BY id;
+COMMIT;
+SELECT public.wait_for_worker();
+SELECT portal_username, display_name, avatar_url, status, has_access_token, pending_jobs
+  FROM lhdiscord.account_overview;
 
--- The brig strips every managed role; release brings the full set back.
-TRUNCATE lhdiscord.fake_calls;
+-- The brig strips every managed role at once; release brings them back.
 UPDATE lhdiscord.users SET in_brig = true WHERE user_id = 1;
-SELECT lhdiscord.drain_outbox();
+SELECT status FROM lhdiscord.accounts_of(1, 1);
+SELECT public.wait_for_worker();
 UPDATE lhdiscord.users SET in_brig = false WHERE user_id = 1;
-SELECT lhdiscord.drain_outbox();
-SELECT method, route FROM lhdiscord.fake_calls ORDER BY id;
-
--- The admin revokes Alice's account; the role strip is queued.
-SET ROLE portal;
-SELECT lhdiscord.revoke_account(9, (SELECT id FROM lhdiscord.active_accounts WHERE user_id = 1));
+SELECT public.wait_for_worker();
 RESET ROLE;
-SELECT id, kind, discord_user_id, state, generation, reason FROM lhdiscord.outbox ORDER BY id;
+
+-- A DM, as a DBA would queue one by hand (notify() does this for the app).
+INSERT INTO lhdiscord.outbox (kind, discord_user_id, payload)
+  VALUES ('dm', '112233445566778899', '{"content": "Welcome aboard, Alice!"}');
+SELECT public.wait_for_worker();
+
+-- What the DBA sees.
+SELECT kind, state, jobs FROM lhdiscord.outbox_stats ORDER BY 1, 2;
+SELECT running, paused, calls, responses_2xx, rate_limited, last_error, pending_jobs
+  FROM lhdiscord.worker_status;
 SELECT action, actor_user_id AS actor, subject_user_id AS subject, description
   FROM lhdiscord.audit_log ORDER BY id;

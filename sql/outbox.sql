@@ -1,0 +1,49 @@
+-- The outbox in fake mode: DM jobs (channel cached, parts in order, nonces),
+-- content splitting, per-recipient ordering, the status views and pruning.
+\i sql/include/reset.sql
+
+-- A DM job queued by hand: content over 2000 characters is split on a line,
+-- then on a word boundary, never inside a word unless it must.
+INSERT INTO lhdiscord.outbox (kind, discord_user_id, payload) VALUES
+  ('dm', '100000000000000001',
+   jsonb_build_object('content', repeat('x', 1990) || E'\nsecond line ' || repeat('word ', 500))),
+  ('dm', '100000000000000001', jsonb_build_object('content', repeat('y', 4500))),
+  ('dm', '100000000000000002', jsonb_build_object('content', 'short and sweet'));
+SELECT kind, state, jobs, oldest_age IS NOT NULL AS has_age FROM lhdiscord.outbox_stats ORDER BY 1, 2;
+SELECT lhdiscord.drain_outbox();
+SELECT method, route, length(body->>'content') AS chars, body->>'nonce' AS nonce, body->'enforce_nonce' AS enforce
+  FROM lhdiscord.fake_calls ORDER BY id;
+SELECT discord_user_id, channel_id FROM lhdiscord.dm_channels ORDER BY 1;
+SELECT id, state, attempts, payload->'parts_sent' AS parts_sent FROM lhdiscord.outbox ORDER BY id;
+
+-- Parts are exact slices of the content.
+SELECT string_agg(body->>'content', '' ORDER BY id) = repeat('y', 4500) AS hard_split_lossless
+  FROM lhdiscord.fake_calls WHERE body->>'content' LIKE 'y%';
+
+-- The channel is reused: one more DM opens no new channel.
+TRUNCATE lhdiscord.fake_calls;
+INSERT INTO lhdiscord.outbox (kind, discord_user_id, payload)
+  VALUES ('dm', '100000000000000002', '{"parts": ["again"]}');
+SELECT lhdiscord.drain_outbox();
+SELECT method, route FROM lhdiscord.fake_calls ORDER BY id;
+
+-- A job without content fails cleanly.
+INSERT INTO lhdiscord.outbox (kind, discord_user_id, payload) VALUES ('dm', '100000000000000002', '{}');
+SELECT lhdiscord.drain_outbox();
+SELECT state, last_error FROM lhdiscord.outbox ORDER BY id DESC LIMIT 1;
+
+-- Views.
+SELECT kind, state, jobs, oldest_age, waiting_for_retry FROM lhdiscord.outbox_stats ORDER BY 1, 2;
+SELECT running, preloaded, paused, api_mode, pending_jobs, in_flight_jobs FROM lhdiscord.worker_status;
+SET ROLE lhd_app;
+SELECT count(*) FROM lhdiscord.worker_status;
+SELECT count(*) FROM lhdiscord.outbox_stats;
+SELECT lhdiscord.prune_outbox();
+RESET ROLE;
+
+-- Pruning: finished jobs older than the retention go, the rest stay.
+UPDATE lhdiscord.outbox SET finished_at = now() - interval '8 days' WHERE id <= 2;
+SELECT lhdiscord.prune_outbox();
+SELECT lhdiscord.prune_outbox('1 hour');
+SELECT count(*) AS left_over FROM lhdiscord.outbox;
+SELECT lhdiscord.prune_outbox('-1 day');

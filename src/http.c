@@ -1,0 +1,553 @@
+/*-------------------------------------------------------------------------
+ *
+ * http.c
+ *	  The live Discord transport: REST v10 over libcurl multi.
+ *
+ * Owns sending the engine's ready requests: bounded concurrency over one
+ * curl multi handle (connections are kept alive and reused, HTTP/2 is used
+ * where a TLS server offers it), per-request timeouts, the headers Discord
+ * requires (Authorization, User-Agent, Content-Type, X-Audit-Log-Reason),
+ * reading rate-limit headers case-insensitively, and turning responses into
+ * the request's status, Discord error code and body.  Pacing decisions come
+ * from ratelimit.c; a 429 puts the request back in the queue; a 401 on the
+ * bot token pauses all sending until the configuration is reloaded.
+ *
+ * curl handles and buffers are malloc'd and owned by a memory-context reset
+ * callback on the engine's context, so an ERROR (query cancel, shutdown)
+ * anywhere never leaks a connection.  Nothing here logs a header or a body:
+ * they can hold the bot token or OAuth secrets.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <curl/curl.h>
+
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "portability/instr_time.h"
+#include "utils/memutils.h"
+
+#include "lhdiscord.h"
+#include "lhd_engine.h"
+#include "lhd_json.h"
+#include "lhd_ratelimit.h"
+#include "lhd_shared.h"
+
+#define MAX_RESPONSE	(32 * 1024 * 1024)
+
+typedef struct Transfer
+{
+	struct Transfer *next;
+	struct Transfer *prev;
+	CURL	   *easy;
+	struct curl_slist *headers;
+	LhdRequest *r;
+	char	   *buf;
+	size_t		len;
+	size_t		cap;
+	bool		overflow;
+	LhdRateHeaders rh;
+	char		errbuf[CURL_ERROR_SIZE];
+} Transfer;
+
+typedef struct LhdHttp
+{
+	CURLM	   *multi;
+	LhdLimiter *limiter;
+	Transfer	active;			/* list head of transfers in flight */
+	int			inflight;
+	char	   *user_agent;
+	MemoryContextCallback cleanup;
+} LhdHttp;
+
+static bool curl_ready = false;
+
+static int64
+now_ms(void)
+{
+	instr_time	t;
+
+	INSTR_TIME_SET_CURRENT(t);
+	return (int64) INSTR_TIME_GET_MILLISEC(t);
+}
+
+static size_t
+write_body(char *data, size_t size, size_t nmemb, void *arg)
+{
+	Transfer   *t = arg;
+	size_t		n = size * nmemb;
+
+	if (t->len + n + 1 > MAX_RESPONSE)
+	{
+		t->overflow = true;
+		return 0;				/* aborts the transfer */
+	}
+	if (t->len + n + 1 > t->cap)
+	{
+		size_t		cap = Max(t->cap * 2, t->len + n + 1);
+		char	   *nb = realloc(t->buf, Max(cap, 4096));
+
+		if (nb == NULL)
+			return 0;
+		t->buf = nb;
+		t->cap = Max(cap, 4096);
+	}
+	memcpy(t->buf + t->len, data, n);
+	t->len += n;
+	t->buf[t->len] = '\0';
+	return n;
+}
+
+static bool
+header_is(const char *line, size_t len, const char *name, const char **value)
+{
+	size_t		nl = strlen(name);
+
+	if (len <= nl || pg_strncasecmp(line, name, nl) != 0 || line[nl] != ':')
+		return false;
+	*value = line + nl + 1;
+	while (**value == ' ' || **value == '\t')
+		(*value)++;
+	return true;
+}
+
+/* Rate-limit headers, matched case-insensitively. */
+static size_t
+read_header(char *line, size_t size, size_t nitems, void *arg)
+{
+	Transfer   *t = arg;
+	size_t		len = size * nitems;
+	const char *v;
+	char		value[128];
+
+	if (header_is(line, len, "x-ratelimit-bucket", &v) ||
+		header_is(line, len, "x-ratelimit-limit", &v) ||
+		header_is(line, len, "x-ratelimit-remaining", &v) ||
+		header_is(line, len, "x-ratelimit-reset-after", &v) ||
+		header_is(line, len, "x-ratelimit-global", &v) ||
+		header_is(line, len, "x-ratelimit-scope", &v) ||
+		header_is(line, len, "retry-after", &v))
+	{
+		size_t		vl = Min((size_t) (line + len - v), sizeof(value) - 1);
+
+		memcpy(value, v, vl);
+		value[vl] = '\0';
+		value[strcspn(value, "\r\n")] = '\0';
+		if (pg_strncasecmp(line, "x-ratelimit-bucket", 18) == 0)
+			strlcpy(t->rh.bucket, value, sizeof(t->rh.bucket));
+		else if (pg_strncasecmp(line, "x-ratelimit-limit", 17) == 0)
+			t->rh.limit = atoi(value);
+		else if (pg_strncasecmp(line, "x-ratelimit-remaining", 21) == 0)
+		{
+			t->rh.remaining = atoi(value);
+			t->rh.has_remaining = true;
+		}
+		else if (pg_strncasecmp(line, "x-ratelimit-reset-after", 23) == 0)
+		{
+			t->rh.reset_after = strtod(value, NULL);
+			t->rh.has_reset_after = true;
+		}
+		else if (pg_strncasecmp(line, "x-ratelimit-global", 18) == 0)
+			t->rh.global = (pg_strcasecmp(value, "true") == 0);
+		else if (pg_strncasecmp(line, "x-ratelimit-scope", 17) == 0)
+			t->rh.shared_scope = (pg_strcasecmp(value, "shared") == 0);
+		else if (t->rh.retry_after <= 0)
+			t->rh.retry_after = strtod(value, NULL);
+	}
+	return len;
+}
+
+static void
+transfer_free(Transfer *t)
+{
+	if (t->easy)
+		curl_easy_cleanup(t->easy);
+	if (t->headers)
+		curl_slist_free_all(t->headers);
+	free(t->buf);
+	free(t);
+}
+
+/* Memory-context callback: release every curl resource. */
+static void
+http_cleanup(void *arg)
+{
+	LhdHttp    *h = arg;
+	Transfer   *t = h->active.next;
+
+	while (t != &h->active)
+	{
+		Transfer   *next = t->next;
+
+		curl_multi_remove_handle(h->multi, t->easy);
+		transfer_free(t);
+		t = next;
+	}
+	if (h->multi)
+		curl_multi_cleanup(h->multi);
+	h->multi = NULL;
+	free(h->user_agent);
+}
+
+static LhdHttp *
+http_get(LhdEngine *e)
+{
+	LhdHttp    *h = e->http;
+
+	if (h)
+		return h;
+	if (!curl_ready)
+	{
+		if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_SYSTEM_ERROR),
+					 errmsg("lhdiscord: could not initialise libcurl")));
+		curl_ready = true;
+	}
+	h = MemoryContextAllocZero(e->cxt, sizeof(LhdHttp));
+	h->active.next = h->active.prev = &h->active;
+	h->limiter = lhd_limiter_create(e->cxt);
+	h->multi = curl_multi_init();
+	if (h->multi == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYSTEM_ERROR),
+				 errmsg("lhdiscord: could not create a curl multi handle")));
+	curl_multi_setopt(h->multi, CURLMOPT_PIPELINING, (long) CURLPIPE_MULTIPLEX);
+	curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long) lhd_max_concurrency);
+	curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, (long) lhd_max_concurrency + 4);
+	{
+		char		ua[256];
+
+		snprintf(ua, sizeof(ua), "User-Agent: DiscordBot (%s, %s)", LHD_PROJECT_URL, LHD_VERSION);
+		h->user_agent = strdup(ua);
+	}
+	h->cleanup.func = http_cleanup;
+	h->cleanup.arg = h;
+	MemoryContextRegisterResetCallback(e->cxt, &h->cleanup);
+	e->http = h;
+	return h;
+}
+
+/* Append "Name: value" to a header list, failing cleanly on OOM. */
+static struct curl_slist *
+add_header(struct curl_slist *list, const char *line)
+{
+	struct curl_slist *n = curl_slist_append(list, line);
+
+	if (n == NULL)
+	{
+		curl_slist_free_all(list);
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory")));
+	}
+	return n;
+}
+
+static void
+start_transfer(LhdEngine *e, LhdHttp *h, LhdRequest *r)
+{
+	Transfer   *t = calloc(1, sizeof(Transfer));
+	CURL	   *c;
+	char	   *url;
+	char	   *line;
+
+	if (t == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+	c = t->easy = curl_easy_init();
+	if (c == NULL)
+	{
+		free(t);
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+	}
+	t->r = r;
+	t->rh.retry_after = -1;
+	/* Link first, so cleanup finds it whatever happens next. */
+	t->next = h->active.next;
+	t->prev = &h->active;
+	h->active.next->prev = t;
+	h->active.next = t;
+
+	url = psprintf("%s%s%s%s", lhd_api_base_url, r->path,
+				   r->query ? "?" : "", r->query ? r->query : "");
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_PRIVATE, t);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(c, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS);
+	curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long) lhd_request_timeout_ms);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long) Min(lhd_request_timeout_ms, 5000));
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, write_body);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, t);
+	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, read_header);
+	curl_easy_setopt(c, CURLOPT_HEADERDATA, t);
+	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, t->errbuf);
+
+	t->headers = add_header(t->headers, h->user_agent);
+	if (r->auth == LHD_AUTH_BOT)
+	{
+		line = psprintf("Authorization: Bot %s", lhd_bot_token);
+		t->headers = add_header(t->headers, line);
+		explicit_bzero(line, strlen(line));
+		pfree(line);
+	}
+	else if (r->auth == LHD_AUTH_BEARER && r->bearer)
+	{
+		line = psprintf("Authorization: Bearer %s", r->bearer);
+		t->headers = add_header(t->headers, line);
+		explicit_bzero(line, strlen(line));
+		pfree(line);
+	}
+	if (r->reason && r->reason[0] != '\0')
+	{
+		char	   *enc = curl_easy_escape(c, r->reason, 0);
+
+		if (enc)
+		{
+			t->headers = add_header(t->headers, psprintf("X-Audit-Log-Reason: %.480s", enc));
+			curl_free(enc);
+		}
+	}
+	switch (r->method)
+	{
+		case LHD_GET:
+			curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
+			break;
+		case LHD_DELETE:
+			curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, "DELETE");
+			break;
+		case LHD_PUT:
+		case LHD_POST:
+			/* An empty body still sends Content-Length: 0, as Discord wants. */
+			curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long) (r->body ? strlen(r->body) : 0));
+			curl_easy_setopt(c, CURLOPT_COPYPOSTFIELDS, r->body ? r->body : "");
+			curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, lhd_method_names[r->method]);
+			if (r->body)
+				t->headers = add_header(t->headers,
+										psprintf("Content-Type: %s",
+												 r->content_type ? r->content_type : "application/json"));
+			break;
+	}
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, t->headers);
+
+	if (curl_multi_add_handle(h->multi, c) != CURLM_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYSTEM_ERROR),
+				 errmsg("lhdiscord: could not start a Discord request")));
+	h->inflight++;
+	e->inflight++;
+	lhd_limiter_sent(h->limiter, r->route, r->major, now_ms());
+	pg_atomic_fetch_add_u64(&lhd_shared->calls, 1);
+}
+
+/* Complete a request without sending it (paused, no token). */
+static void
+complete_unsent(LhdEngine *e, LhdRequest *r, const char *why)
+{
+	MemoryContext old = MemoryContextSwitchTo(e->cxt);
+
+	r->status = 0;
+	r->paused = true;
+	r->error = MemoryContextStrdup(r->task->cxt, why);
+	e->completed = lappend(e->completed, r);
+	MemoryContextSwitchTo(old);
+}
+
+static void
+pause_sending(const char *reason)
+{
+	if (!lhd_is_paused())
+		ereport(WARNING,
+				(errmsg("lhdiscord: %s; all Discord sending is paused until the configuration is reloaded",
+						reason),
+				 errhint("Fix lhdiscord.bot_token, then run SELECT pg_reload_conf().")));
+	lhd_set_paused(true, reason);
+	lhd_set_last_error("%s", reason);
+}
+
+/* Turn a finished transfer into the request's response. */
+static void
+finish_transfer(LhdEngine *e, LhdHttp *h, Transfer *t, CURLcode code)
+{
+	LhdRequest *r = t->r;
+	long		status = 0;
+	MemoryContext old;
+	bool		requeue = false;
+
+	curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+	old = MemoryContextSwitchTo(r->task->cxt);
+	r->resp_body = NULL;
+	r->error = NULL;
+	r->discord_code = 0;
+	if (code != CURLE_OK)
+	{
+		r->status = 0;
+		r->error = pstrdup(t->overflow ? "response too large" :
+						   t->errbuf[0] ? t->errbuf : curl_easy_strerror(code));
+		lhd_limiter_abandoned(h->limiter, r->route, r->major);
+		pg_atomic_fetch_add_u64(&lhd_shared->transport_errors, 1);
+		lhd_set_last_error("%s: %s", r->route, r->error);
+	}
+	else
+	{
+		LhdJsonError err;
+
+		r->status = status;
+		r->resp_body = t->buf ? pstrdup(t->buf) : NULL;
+		if (status >= 400 && lhd_json_parse_error(t->buf, &err))
+		{
+			r->discord_code = err.code;
+			r->error = err.message ? err.message : err.oauth_error;
+			if (err.retry_after >= 0)
+				t->rh.retry_after = err.retry_after;
+			if (err.global)
+				t->rh.global = true;
+		}
+		lhd_limiter_response(h->limiter, r->route, r->major, &t->rh, status, now_ms());
+		if (status >= 200 && status < 300)
+			pg_atomic_fetch_add_u64(&lhd_shared->responses_2xx, 1);
+		else if (status >= 500)
+			pg_atomic_fetch_add_u64(&lhd_shared->responses_5xx, 1);
+		else
+			pg_atomic_fetch_add_u64(&lhd_shared->responses_4xx, 1);
+
+		if (status == 429)
+		{
+			/* Paced by the limiter now; try again, not the job's failure. */
+			pg_atomic_fetch_add_u64(&lhd_shared->rate_limited, 1);
+			lhd_set_last_error("%s: HTTP 429 (%s, retry after %.3f s)", r->route,
+							   t->rh.global ? "global" : "bucket", t->rh.retry_after);
+			requeue = true;
+		}
+		else if (status == 401 && r->auth == LHD_AUTH_BOT)
+		{
+			pause_sending("Discord answered 401 Unauthorized: the bot token was rejected");
+			r->paused = true;
+		}
+		else if (status >= 400)
+			lhd_set_last_error("%s", lhd_response_summary(r));
+	}
+	MemoryContextSwitchTo(e->cxt);
+	if (requeue)
+		e->ready = lcons(r, e->ready);
+	else
+		e->completed = lappend(e->completed, r);
+	MemoryContextSwitchTo(old);
+
+	curl_multi_remove_handle(h->multi, t->easy);
+	t->prev->next = t->next;
+	t->next->prev = t->prev;
+	transfer_free(t);
+	h->inflight--;
+	e->inflight--;
+}
+
+static int
+collect(LhdEngine *e, LhdHttp *h)
+{
+	CURLMsg    *msg;
+	int			left;
+	int			done = 0;
+
+	while ((msg = curl_multi_info_read(h->multi, &left)) != NULL)
+	{
+		Transfer   *t = NULL;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &t);
+		finish_transfer(e, h, t, msg->data.result);
+		done++;
+	}
+	return done;
+}
+
+/*
+ * Send what may be sent, and wait at most max_wait_ms for responses.
+ * Answered requests move to e->completed.
+ */
+void
+lhd_http_step(LhdEngine *e, int max_wait_ms)
+{
+	LhdHttp    *h = http_get(e);
+	int64		next_delay = max_wait_ms;
+	int			running = 0;
+	ListCell   *lc;
+	List	   *still = NIL;
+	int64		now = now_ms();
+
+	if (lhd_is_paused())
+	{
+		char		why[300];
+
+		SpinLockAcquire(&lhd_shared->mutex);
+		snprintf(why, sizeof(why), "sending paused: %s", lhd_shared->pause_reason);
+		SpinLockRelease(&lhd_shared->mutex);
+		foreach(lc, e->ready)
+			complete_unsent(e, lfirst(lc), why);
+		list_free(e->ready);
+		e->ready = NIL;
+	}
+
+	foreach(lc, e->ready)
+	{
+		LhdRequest *r = lfirst(lc);
+		int64		delay;
+
+		if (r->auth == LHD_AUTH_BOT && (lhd_bot_token == NULL || lhd_bot_token[0] == '\0'))
+		{
+			complete_unsent(e, r, "lhdiscord.bot_token is not set");
+			continue;
+		}
+		delay = h->inflight < lhd_max_concurrency
+			? lhd_limiter_delay(h->limiter, r->route, r->major, now)
+			: LHD_LIMIT_WAIT_RESPONSE;
+		if (delay == 0)
+			start_transfer(e, h, r);
+		else
+		{
+			next_delay = Min(next_delay, delay);
+			still = lappend(still, r);
+		}
+	}
+	{
+		MemoryContext old = MemoryContextSwitchTo(e->cxt);
+
+		list_free(e->ready);
+		e->ready = list_copy(still);
+		list_free(still);
+		MemoryContextSwitchTo(old);
+	}
+
+	curl_multi_perform(h->multi, &running);
+	if (collect(e, h) > 0 || e->completed != NIL)
+		return;
+	if (h->inflight == 0 && e->ready == NIL)
+		return;
+
+	pgstat_report_wait_start(PG_WAIT_EXTENSION);
+	curl_multi_poll(h->multi, NULL, 0, (int) Max(Min(next_delay, max_wait_ms), 1), NULL);
+	pgstat_report_wait_end();
+	curl_multi_perform(h->multi, &running);
+	collect(e, h);
+}
+
+/* The invalid-request count of this process's limiter (for worker_status). */
+int
+lhd_http_invalid_count(LhdEngine *e, bool *throttled)
+{
+	LhdHttp    *h = e->http;
+	int			n;
+
+	if (h == NULL)
+	{
+		*throttled = false;
+		return 0;
+	}
+	n = lhd_limiter_invalid_count(h->limiter, now_ms());
+	*throttled = n >= lhd_invalid_request_budget / 2;
+	return n;
+}

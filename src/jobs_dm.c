@@ -1,0 +1,319 @@
+/*-------------------------------------------------------------------------
+ *
+ * jobs_dm.c
+ *	  The DM job: deliver a message to one Discord user, exactly once.
+ *
+ * Owns the life of a "dm" outbox job and the splitting of long content.
+ * The DM channel is created once (POST /users/@me/channels) and cached in
+ * lhdiscord.dm_channels.  Each part is posted with a nonce derived from the
+ * job id and the part number and enforce_nonce = true: when a retry repeats
+ * a post whose response was lost (timeout, crash), Discord returns the
+ * original message instead of creating a second one.  Progress (parts_sent)
+ * is saved when a job is retried, so a retry long after Discord's nonce
+ * window never resends a delivered part.  Parts go out strictly in order,
+ * and the claim query never runs two DMs of one recipient at once.
+ *
+ * DMs closed (50007) and unknown users end the job as failed, without retry.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "mb/pg_wchar.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+
+#include "lhdiscord.h"
+#include "lhd_engine.h"
+#include "lhd_json.h"
+
+typedef struct DmState
+{
+	char	  **parts;
+	int			nparts;
+	int			sent;			/* parts delivered (or deduplicated) */
+	char	   *channel_id;
+	bool		channel_cached;	/* came from dm_channels */
+	bool		channel_new;	/* created by this job: cache it */
+	bool		channel_stale;	/* the cached channel is unknown now */
+} DmState;
+
+/* ---------- splitting ---------- */
+
+/*
+ * Split content into parts of at most max_chars characters, preferring to
+ * break after a newline, then after whitespace, and only then inside a word
+ * (never inside a multibyte character).  Returns the number of parts.
+ */
+int
+lhd_split_message(const char *content, int max_chars, char ***parts_out)
+{
+	int			cap = 4;
+	int			n = 0;
+	char	  **parts = palloc(sizeof(char *) * cap);
+	const char *p = content;
+
+	while (*p)
+	{
+		const char *q = p;
+		const char *last_nl = NULL;
+		const char *last_ws = NULL;
+		int			chars = 0;
+		const char *end;
+
+		/* Advance up to max_chars characters, remembering break points. */
+		while (*q && chars < max_chars)
+		{
+			int			len = pg_mblen(q);
+
+			if (*q == '\n')
+				last_nl = q;
+			else if (*q == ' ' || *q == '\t')
+				last_ws = q;
+			q += len;
+			chars++;
+		}
+		if (*q == '\0')
+			end = q;			/* the rest fits */
+		else if (last_nl && last_nl > p)
+			end = last_nl;
+		else if (last_ws && last_ws > p)
+			end = last_ws;
+		else
+			end = q;			/* one long word: cut at the limit */
+
+		if (n == cap)
+		{
+			cap *= 2;
+			parts = repalloc(parts, sizeof(char *) * cap);
+		}
+		parts[n++] = pnstrdup(p, end - p);
+		p = end;
+		/* The separator we broke at is not carried into the next part. */
+		if (*p == '\n' || *p == ' ' || *p == '\t')
+			p++;
+	}
+	*parts_out = parts;
+	return n;
+}
+
+/* ---------- the job ---------- */
+
+void
+lhd_dm_prepare(LhdEngine *e, List *tasks)
+{
+	static LhdPlan plan = {
+		.sql = "SELECT o.id, coalesce((o.payload->>'parts_sent')::int, 0), "
+		"       CASE WHEN jsonb_typeof(o.payload->'parts') = 'array' "
+		"            THEN ARRAY(SELECT jsonb_array_elements_text(o.payload->'parts')) END, "
+		"       o.payload->>'content', c.channel_id "
+		"FROM lhdiscord.outbox o "
+		"LEFT JOIN lhdiscord.dm_channels c ON c.discord_user_id = o.discord_user_id "
+		"WHERE o.id = ANY ($1::bigint[])",
+		.nargs = 1,
+		.argtypes = {INT8ARRAYOID}
+	};
+	int			n = list_length(tasks);
+	Datum	   *ids = palloc(sizeof(Datum) * n);
+	Datum		values[1];
+	ListCell   *lc;
+	int			i = 0;
+	int			rows;
+
+	foreach(lc, tasks)
+		ids[i++] = Int64GetDatum(((LhdTask *) lfirst(lc))->job_id);
+	values[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	rows = lhd_exec(&plan, values, NULL, true, 0);
+	for (int r = 0; r < rows; r++)
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(lhd_getattr(r, 1, &isnull));
+
+		foreach(lc, tasks)
+		{
+			LhdTask    *t = lfirst(lc);
+			MemoryContext old;
+			DmState    *st;
+			Datum		d;
+
+			if (t->job_id != id)
+				continue;
+			old = MemoryContextSwitchTo(t->cxt);
+			st = palloc0(sizeof(DmState));
+			st->sent = DatumGetInt32(lhd_getattr(r, 2, &isnull));
+			d = lhd_getattr(r, 3, &isnull);
+			if (!isnull)
+			{
+				Datum	   *elems;
+				bool	   *nulls;
+				int			ne;
+
+				deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT,
+								  &elems, &nulls, &ne);
+				st->parts = palloc(sizeof(char *) * (ne + 1));
+				for (int k = 0; k < ne; k++)
+					if (!nulls[k])
+						st->parts[st->nparts++] = TextDatumGetCString(elems[k]);
+			}
+			else
+			{
+				/* A job queued by hand with {"content": ...}: split here. */
+				char	   *content = lhd_getattr_text(r, 4);
+
+				if (content)
+					st->nparts = lhd_split_message(content, LHD_MESSAGE_MAX, &st->parts);
+			}
+			st->channel_id = lhd_getattr_text(r, 5);
+			st->channel_cached = (st->channel_id != NULL);
+			t->state = st;
+			MemoryContextSwitchTo(old);
+		}
+	}
+}
+
+static void
+send_part(LhdEngine *e, LhdTask *t)
+{
+	DmState    *st = t->state;
+	LhdRequest *r = lhd_task_request(t, LHD_OP_MESSAGE, "/channels/%s/messages", st->channel_id);
+	MemoryContext old = MemoryContextSwitchTo(t->cxt);
+
+	r->major = st->channel_id;
+	r->reason = NULL;
+	r->content_type = "application/json";
+	r->body = lhd_json_message_body(st->parts[st->sent],
+									psprintf(INT64_FORMAT "-%d", t->job_id, st->sent));
+	MemoryContextSwitchTo(old);
+	lhd_task_send(e, t, r);
+}
+
+static void
+open_channel(LhdEngine *e, LhdTask *t)
+{
+	LhdRequest *r = lhd_task_request(t, LHD_OP_DM_CHANNEL, "/users/@me/channels");
+	MemoryContext old = MemoryContextSwitchTo(t->cxt);
+
+	r->reason = NULL;
+	r->content_type = "application/json";
+	r->body = lhd_json_dm_channel_body(t->discord_user_id);
+	MemoryContextSwitchTo(old);
+	lhd_task_send(e, t, r);
+}
+
+void
+lhd_dm_start(LhdEngine *e, LhdTask *t)
+{
+	DmState    *st = t->state;
+
+	if (st == NULL || st->nparts == 0)
+	{
+		lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "DM job has no content");
+		return;
+	}
+	if (st->sent >= st->nparts)
+		lhd_task_finish(e, t, LHD_OUT_DONE, 0, NULL);
+	else if (st->channel_id)
+		send_part(e, t);
+	else
+		open_channel(e, t);
+}
+
+void
+lhd_dm_response(LhdEngine *e, LhdTask *t, LhdRequest *r)
+{
+	DmState    *st = t->state;
+
+	if (r->op == LHD_OP_DM_CHANNEL)
+	{
+		char	   *id;
+
+		if (!lhd_response_ok(r))
+		{
+			lhd_task_finish_from(e, t, r);
+			return;
+		}
+		if (!lhd_json_object_id(r->resp_body, &id))
+		{
+			lhd_task_finish(e, t, LHD_OUT_RETRY, r->status, "malformed DM channel response");
+			return;
+		}
+		st->channel_id = MemoryContextStrdup(t->cxt, id);
+		st->channel_new = true;
+		st->channel_cached = false;
+		send_part(e, t);
+		return;
+	}
+
+	if (lhd_response_ok(r))
+	{
+		st->sent++;
+		if (st->sent < st->nparts)
+			send_part(e, t);
+		else
+			lhd_task_finish(e, t, LHD_OUT_DONE, r->status, NULL);
+		return;
+	}
+	if (r->discord_code == 10003 && st->channel_cached)
+	{
+		/* The cached channel is gone: open a new one, once. */
+		st->channel_stale = true;
+		st->channel_cached = false;
+		st->channel_id = NULL;
+		open_channel(e, t);
+		return;
+	}
+	lhd_task_finish_from(e, t, r);
+}
+
+/* Cache new channels, drop stale ones, save progress of retried jobs. */
+void
+lhd_dm_record(LhdEngine *e, List *tasks)
+{
+	static LhdPlan cache_plan = {
+		.sql = "INSERT INTO lhdiscord.dm_channels (discord_user_id, channel_id) VALUES ($1, $2) "
+		"ON CONFLICT (discord_user_id) DO UPDATE SET channel_id = EXCLUDED.channel_id, created_at = now()",
+		.nargs = 2,
+		.argtypes = {TEXTOID, TEXTOID}
+	};
+	static LhdPlan drop_plan = {
+		.sql = "DELETE FROM lhdiscord.dm_channels WHERE discord_user_id = $1",
+		.nargs = 1,
+		.argtypes = {TEXTOID}
+	};
+	static LhdPlan progress_plan = {
+		.sql = "UPDATE lhdiscord.outbox SET payload = jsonb_set(payload, '{parts_sent}', to_jsonb($2::int)) "
+		"WHERE id = $1",
+		.nargs = 2,
+		.argtypes = {INT8OID, INT4OID}
+	};
+	ListCell   *lc;
+
+	foreach(lc, tasks)
+	{
+		LhdTask    *t = lfirst(lc);
+		DmState    *st = t->state;
+
+		if (st == NULL)
+			continue;
+		if (st->channel_new && st->channel_id)
+		{
+			Datum		values[2] = {CStringGetTextDatum(t->discord_user_id),
+			CStringGetTextDatum(st->channel_id)};
+
+			lhd_exec(&cache_plan, values, NULL, false, 0);
+		}
+		else if (st->channel_stale)
+		{
+			Datum		values[1] = {CStringGetTextDatum(t->discord_user_id)};
+
+			lhd_exec(&drop_plan, values, NULL, false, 0);
+		}
+		if (st->sent > 0)
+		{
+			Datum		values[2] = {Int64GetDatum(t->job_id), Int32GetDatum(st->sent)};
+
+			lhd_exec(&progress_plan, values, NULL, false, 0);
+		}
+	}
+}

@@ -1,0 +1,56 @@
+/*-------------------------------------------------------------------------
+ *
+ * lhd_shared.h
+ *	  State shared by the worker and the sessions (implemented in shmem.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef LHD_SHARED_H
+#define LHD_SHARED_H
+
+#include "port/atomics.h"
+#include "storage/latch.h"
+#include "storage/spin.h"
+#include "utils/timestamp.h"
+
+#define LHD_ERROR_LEN 512
+
+typedef struct LhdShared
+{
+	/* Protected by mutex. */
+	slock_t		mutex;
+	Latch	   *worker_latch;	/* NULL while no worker runs */
+	int			worker_pid;
+	TimestampTz worker_started_at;
+	TimestampTz last_activity_at;
+	bool		paused;			/* 401 (or no token): nothing is sent */
+	char		pause_reason[256];
+	TimestampTz paused_at;
+	int			invalid_10min;	/* 401/403/429 in the last 10 minutes */
+	bool		throttled;		/* slowed down to stay far from a ban */
+	char		last_error[LHD_ERROR_LEN];
+	TimestampTz last_error_at;
+
+	/* Counters (atomics, no lock). */
+	pg_atomic_uint64 calls;
+	pg_atomic_uint64 responses_2xx;
+	pg_atomic_uint64 responses_4xx;
+	pg_atomic_uint64 responses_5xx;
+	pg_atomic_uint64 transport_errors;
+	pg_atomic_uint64 rate_limited;
+	pg_atomic_uint64 jobs_finished;
+} LhdShared;
+
+extern LhdShared *lhd_shared;
+
+extern void lhd_shared_init(void);
+extern bool lhd_shared_available(void);
+extern void lhd_wake_worker(void);
+extern void lhd_set_last_error(const char *fmt,...) pg_attribute_printf(1, 2);
+extern void lhd_set_paused(bool paused, const char *reason);
+extern bool lhd_is_paused(void);
+extern void lhd_set_invalid_count(int count, bool throttled);
+extern void lhd_worker_register(Latch *latch);
+extern void lhd_worker_touch(void);
+
+#endif							/* LHD_SHARED_H */

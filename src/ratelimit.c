@@ -1,0 +1,293 @@
+/*-------------------------------------------------------------------------
+ *
+ * ratelimit.c
+ *	  Pacing of Discord requests: buckets, the global limit, 429s and the
+ *	  invalid-request budget.
+ *
+ * Owns the decision "may this request go now, or in how many ms?".  Buckets
+ * are learned from X-RateLimit-Bucket per (route, major parameter) and
+ * paced by Remaining / Reset-After *before* a 429 happens: a bucket with
+ * nothing left waits for its reset, counting requests still in flight.  An
+ * unknown route sends one request at a time until a response teaches its
+ * bucket.  The global limit is a sliding one-second window over send times,
+ * so no second ever sees more than lhdiscord.global_rate_limit requests.
+ * A 429 blocks the bucket or, when global, everything, for retry_after.
+ *
+ * 401, 403 and 429 responses are counted per second over ten minutes
+ * (Discord bans at 10,000): from half of lhdiscord.invalid_request_budget
+ * the pace drops to one request per second, at the budget sending stops
+ * until the window drains.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "utils/hsearch.h"
+
+#include "lhdiscord.h"
+#include "lhd_ratelimit.h"
+
+#define KEY_LEN			160
+#define WINDOW_SECONDS	600
+#define GLOBAL_RING		1024	/* max global limit that is tracked exactly */
+#define MARGIN_MS		15		/* slack against clock granularity */
+
+typedef struct RouteEntry
+{
+	char		key[KEY_LEN];	/* route|major */
+	char		bucket[KEY_LEN];	/* learned bucket|major, or "" */
+	int			inflight;
+} RouteEntry;
+
+typedef struct BucketEntry
+{
+	char		key[KEY_LEN];	/* bucket|major */
+	int			limit;
+	int			remaining;
+	int64		reset_at_ms;
+	int			inflight;
+} BucketEntry;
+
+struct LhdLimiter
+{
+	HTAB	   *routes;
+	HTAB	   *buckets;
+	int64		global_blocked_until;
+	int64		sends[GLOBAL_RING];	/* ring of recent send times */
+	int			send_head;
+	int			send_count;
+	int64		last_send;
+	/* invalid requests, per second over WINDOW_SECONDS */
+	int			invalid[WINDOW_SECONDS];
+	int64		invalid_second[WINDOW_SECONDS];
+};
+
+static void
+make_key(char *dst, const char *a, const char *b)
+{
+	snprintf(dst, KEY_LEN, "%s|%s", a, b ? b : "");
+}
+
+LhdLimiter *
+lhd_limiter_create(MemoryContext cxt)
+{
+	LhdLimiter *l = MemoryContextAllocZero(cxt, sizeof(LhdLimiter));
+	HASHCTL		ctl;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = KEY_LEN;
+	ctl.entrysize = sizeof(RouteEntry);
+	ctl.hcxt = cxt;
+	l->routes = hash_create("lhdiscord routes", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	ctl.entrysize = sizeof(BucketEntry);
+	l->buckets = hash_create("lhdiscord buckets", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	return l;
+}
+
+int
+lhd_limiter_invalid_count(LhdLimiter *l, int64 now_ms)
+{
+	int64		sec = now_ms / 1000;
+	int			total = 0;
+
+	for (int i = 0; i < WINDOW_SECONDS; i++)
+		if (l->invalid_second[i] > sec - WINDOW_SECONDS)
+			total += l->invalid[i];
+	return total;
+}
+
+static BucketEntry *
+bucket_of(LhdLimiter *l, const char *route, const char *major, RouteEntry **re_out)
+{
+	char		key[KEY_LEN];
+	bool		found;
+	RouteEntry *re;
+
+	make_key(key, route, major);
+	re = hash_search(l->routes, key, HASH_ENTER, &found);
+	if (!found)
+	{
+		re->bucket[0] = '\0';
+		re->inflight = 0;
+	}
+	*re_out = re;
+	if (re->bucket[0] == '\0')
+		return NULL;
+	return hash_search(l->buckets, re->bucket, HASH_FIND, NULL);
+}
+
+/*
+ * Milliseconds until a request on (route, major) may be sent; 0 = now.
+ * LHD_LIMIT_WAIT_RESPONSE means "when an outstanding response arrives".
+ */
+int64
+lhd_limiter_delay(LhdLimiter *l, const char *route, const char *major, int64 now_ms)
+{
+	RouteEntry *re;
+	BucketEntry *b;
+	int64		wait = 0;
+	int			invalid = lhd_limiter_invalid_count(l, now_ms);
+
+	if (l->global_blocked_until > now_ms)
+		wait = Max(wait, l->global_blocked_until - now_ms);
+
+	/* Stay far from Discord's invalid-request ban. */
+	if (invalid >= lhd_invalid_request_budget)
+		wait = Max(wait, 1000);
+	else if (invalid >= lhd_invalid_request_budget / 2 && l->last_send + 1000 > now_ms)
+		wait = Max(wait, l->last_send + 1000 - now_ms);
+
+	if (lhd_global_rate_limit > 0)
+	{
+		int			limit = Min(lhd_global_rate_limit, GLOBAL_RING);
+
+		if (l->send_count >= limit)
+		{
+			/* The limit-th most recent send must be over a second ago. */
+			int			idx = (l->send_head - limit + GLOBAL_RING) % GLOBAL_RING;
+			int64		oldest = l->sends[idx];
+
+			if (oldest + 1000 + MARGIN_MS > now_ms)
+				wait = Max(wait, oldest + 1000 + MARGIN_MS - now_ms);
+		}
+	}
+
+	b = bucket_of(l, route, major, &re);
+	if (b == NULL)
+	{
+		/* Unknown bucket: one request at a time until a response tells. */
+		if (re->inflight > 0)
+			return Max(wait, LHD_LIMIT_WAIT_RESPONSE);
+	}
+	else if (b->reset_at_ms > now_ms && b->remaining - b->inflight <= 0)
+		wait = Max(wait, b->reset_at_ms - now_ms + MARGIN_MS);
+	else if (b->reset_at_ms <= now_ms && b->limit > 0 && b->inflight >= b->limit)
+		return Max(wait, LHD_LIMIT_WAIT_RESPONSE);
+	return wait;
+}
+
+void
+lhd_limiter_sent(LhdLimiter *l, const char *route, const char *major, int64 now_ms)
+{
+	RouteEntry *re;
+	BucketEntry *b = bucket_of(l, route, major, &re);
+
+	re->inflight++;
+	if (b)
+	{
+		/* A passed reset means a fresh window: assume it refilled. */
+		if (b->reset_at_ms <= now_ms && b->limit > 0)
+			b->remaining = b->limit;
+		b->inflight++;
+	}
+	l->sends[l->send_head] = now_ms;
+	l->send_head = (l->send_head + 1) % GLOBAL_RING;
+	if (l->send_count < GLOBAL_RING)
+		l->send_count++;
+	l->last_send = now_ms;
+}
+
+/* A request on this route (and bucket) is no longer in flight. */
+static void
+release_inflight(RouteEntry *re, BucketEntry *b)
+{
+	if (re->inflight > 0)
+		re->inflight--;
+	if (b && b->inflight > 0)
+		b->inflight--;
+}
+
+static void
+count_invalid(LhdLimiter *l, int64 now_ms)
+{
+	int64		sec = now_ms / 1000;
+	int			slot = (int) (sec % WINDOW_SECONDS);
+
+	if (l->invalid_second[slot] != sec)
+	{
+		l->invalid_second[slot] = sec;
+		l->invalid[slot] = 0;
+	}
+	l->invalid[slot]++;
+}
+
+/* Learn from a response (any status) to a request sent on (route, major). */
+void
+lhd_limiter_response(LhdLimiter *l, const char *route, const char *major,
+					 const LhdRateHeaders *h, long status, int64 now_ms)
+{
+	RouteEntry *re;
+	BucketEntry *b = bucket_of(l, route, major, &re);
+
+	release_inflight(re, b);
+
+	if (h->bucket[0] != '\0')
+	{
+		char		bkey[KEY_LEN];
+		bool		found;
+		BucketEntry *nb;
+
+		make_key(bkey, h->bucket, major);
+		if (strcmp(re->bucket, bkey) != 0)
+		{
+			/* First response on this route, or its bucket changed. */
+			strlcpy(re->bucket, bkey, KEY_LEN);
+			nb = hash_search(l->buckets, bkey, HASH_ENTER, &found);
+			if (!found)
+			{
+				nb->limit = 0;
+				nb->remaining = 0;
+				nb->reset_at_ms = 0;
+				nb->inflight = Max(re->inflight, 0);
+			}
+		}
+		else
+			nb = hash_search(l->buckets, bkey, HASH_ENTER, &found);
+		if (h->has_remaining && h->has_reset_after)
+		{
+			int64		reset_at = now_ms + (int64) (h->reset_after * 1000.0);
+
+			/*
+			 * Responses of one window can arrive out of order: keep the
+			 * lowest Remaining seen; a later reset time is a new window.
+			 */
+			if (reset_at > nb->reset_at_ms + 250 || nb->reset_at_ms <= now_ms)
+				nb->remaining = h->remaining;
+			else
+				nb->remaining = Min(nb->remaining, h->remaining);
+			nb->reset_at_ms = Max(reset_at, nb->reset_at_ms <= now_ms ? reset_at : nb->reset_at_ms);
+		}
+		if (h->limit > 0)
+			nb->limit = h->limit;
+		b = nb;
+	}
+
+	if (status == 429)
+	{
+		int64		until = now_ms + (int64) (Max(h->retry_after, 0.0) * 1000.0) + MARGIN_MS;
+
+		if (h->global)
+			l->global_blocked_until = Max(l->global_blocked_until, until);
+		else if (b)
+		{
+			b->remaining = 0;
+			b->reset_at_ms = Max(b->reset_at_ms, until);
+		}
+		else
+			l->global_blocked_until = Max(l->global_blocked_until, until);
+		/* A shared-resource 429 does not count toward the ban. */
+		if (!h->shared_scope)
+			count_invalid(l, now_ms);
+	}
+	else if (status == 401 || status == 403)
+		count_invalid(l, now_ms);
+}
+
+/* The request was never answered (timeout, connection error). */
+void
+lhd_limiter_abandoned(LhdLimiter *l, const char *route, const char *major)
+{
+	RouteEntry *re;
+
+	release_inflight(re, bucket_of(l, route, major, &re));
+}

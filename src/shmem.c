@@ -1,0 +1,271 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.c
+ *	  Shared state between the worker and the sessions: wake-up, pause, stats.
+ *
+ * Owns the shared-memory segment (requested only under
+ * shared_preload_libraries), the wake-on-commit mechanism (a transaction
+ * that queued outbox work sets the worker's latch when it commits, never
+ * when it aborts), the 401 pause flag, the request counters and the last
+ * error shown by lhdiscord.worker_status.  Without preloading, the same
+ * state lives in process-local memory so the code paths stay the same.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "lhdiscord.h"
+#include "lhd_shared.h"
+
+PG_FUNCTION_INFO_V1(worker_state);
+PG_FUNCTION_INFO_V1(outbox_wake);
+
+static LhdShared local_state;
+LhdShared  *lhd_shared = &local_state;
+static bool shared_is_shmem = false;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/* Set when this transaction queued work; the commit callback wakes. */
+static bool wake_pending = false;
+
+static void
+init_state(LhdShared *s)
+{
+	memset(s, 0, sizeof(LhdShared));
+	SpinLockInit(&s->mutex);
+	pg_atomic_init_u64(&s->calls, 0);
+	pg_atomic_init_u64(&s->responses_2xx, 0);
+	pg_atomic_init_u64(&s->responses_4xx, 0);
+	pg_atomic_init_u64(&s->responses_5xx, 0);
+	pg_atomic_init_u64(&s->transport_errors, 0);
+	pg_atomic_init_u64(&s->rate_limited, 0);
+	pg_atomic_init_u64(&s->jobs_finished, 0);
+}
+
+static void
+lhd_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(LhdShared)));
+}
+
+static void
+lhd_shmem_startup(void)
+{
+	bool		found;
+	LhdShared  *s;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	s = ShmemInitStruct("lhdiscord", sizeof(LhdShared), &found);
+	if (!found)
+		init_state(s);
+	LWLockRelease(AddinShmemInitLock);
+	lhd_shared = s;
+	shared_is_shmem = true;
+}
+
+static void
+wake_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (wake_pending)
+				lhd_wake_worker();
+			wake_pending = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			/* A rollback queued nothing: no wake-up. */
+			wake_pending = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/* Called from _PG_init. */
+void
+lhd_shared_init(void)
+{
+	init_state(&local_state);
+	if (process_shared_preload_libraries_in_progress)
+	{
+		prev_shmem_request_hook = shmem_request_hook;
+		shmem_request_hook = lhd_shmem_request;
+		prev_shmem_startup_hook = shmem_startup_hook;
+		shmem_startup_hook = lhd_shmem_startup;
+	}
+	RegisterXactCallback(wake_xact_callback, NULL);
+}
+
+bool
+lhd_shared_available(void)
+{
+	return shared_is_shmem;
+}
+
+/* Remember to wake the worker when the current transaction commits. */
+void
+lhd_request_worker_wake(void)
+{
+	wake_pending = true;
+}
+
+void
+lhd_wake_worker(void)
+{
+	Latch	   *latch;
+
+	if (!shared_is_shmem)
+		return;
+	SpinLockAcquire(&lhd_shared->mutex);
+	latch = lhd_shared->worker_latch;
+	SpinLockRelease(&lhd_shared->mutex);
+	if (latch)
+		SetLatch(latch);
+}
+
+/*
+ * Trigger: AFTER INSERT OR UPDATE ON outbox FOR EACH STATEMENT.  Every path
+ * that queues work (functions, triggers, a DBA's INSERT) passes here.
+ */
+Datum
+outbox_wake(PG_FUNCTION_ARGS)
+{
+	/* The worker's own bookkeeping needs no wake-up. */
+	if (!lhd_am_worker)
+		lhd_request_worker_wake();
+	return PointerGetDatum(NULL);
+}
+
+void
+lhd_set_last_error(const char *fmt,...)
+{
+	char		buf[LHD_ERROR_LEN];
+	va_list		args;
+
+	va_start(args, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, args);
+	va_end(args);
+	SpinLockAcquire(&lhd_shared->mutex);
+	strlcpy(lhd_shared->last_error, buf, sizeof(lhd_shared->last_error));
+	lhd_shared->last_error_at = GetCurrentTimestamp();
+	SpinLockRelease(&lhd_shared->mutex);
+}
+
+void
+lhd_set_paused(bool paused, const char *reason)
+{
+	SpinLockAcquire(&lhd_shared->mutex);
+	lhd_shared->paused = paused;
+	strlcpy(lhd_shared->pause_reason, paused && reason ? reason : "",
+			sizeof(lhd_shared->pause_reason));
+	lhd_shared->paused_at = paused ? GetCurrentTimestamp() : 0;
+	SpinLockRelease(&lhd_shared->mutex);
+}
+
+bool
+lhd_is_paused(void)
+{
+	bool		paused;
+
+	SpinLockAcquire(&lhd_shared->mutex);
+	paused = lhd_shared->paused;
+	SpinLockRelease(&lhd_shared->mutex);
+	return paused;
+}
+
+void
+lhd_set_invalid_count(int count, bool throttled)
+{
+	SpinLockAcquire(&lhd_shared->mutex);
+	lhd_shared->invalid_10min = count;
+	lhd_shared->throttled = throttled;
+	SpinLockRelease(&lhd_shared->mutex);
+}
+
+/* The worker announces itself (latch for wake-ups) or leaves. */
+void
+lhd_worker_register(Latch *latch)
+{
+	SpinLockAcquire(&lhd_shared->mutex);
+	lhd_shared->worker_latch = latch;
+	lhd_shared->worker_pid = latch ? MyProcPid : 0;
+	lhd_shared->worker_started_at = latch ? GetCurrentTimestamp() : 0;
+	SpinLockRelease(&lhd_shared->mutex);
+}
+
+void
+lhd_worker_touch(void)
+{
+	SpinLockAcquire(&lhd_shared->mutex);
+	lhd_shared->last_activity_at = GetCurrentTimestamp();
+	SpinLockRelease(&lhd_shared->mutex);
+}
+
+/*
+ * worker_state() -> one row: the worker and client state behind the
+ * lhdiscord.worker_status view.
+ */
+Datum
+worker_state(PG_FUNCTION_ARGS)
+{
+	TupleDesc	desc;
+	Datum		values[17];
+	bool		nulls[17];
+	LhdShared	copy;
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "worker_state: return type must be a row type");
+	desc = BlessTupleDesc(desc);
+
+	SpinLockAcquire(&lhd_shared->mutex);
+	memcpy(&copy, lhd_shared, offsetof(LhdShared, calls));
+	SpinLockRelease(&lhd_shared->mutex);
+
+	memset(nulls, 0, sizeof(nulls));
+	values[0] = BoolGetDatum(copy.worker_pid != 0);
+	values[1] = Int32GetDatum(copy.worker_pid);
+	nulls[1] = copy.worker_pid == 0;
+	values[2] = TimestampTzGetDatum(copy.worker_started_at);
+	nulls[2] = copy.worker_started_at == 0;
+	values[3] = TimestampTzGetDatum(copy.last_activity_at);
+	nulls[3] = copy.last_activity_at == 0;
+	values[4] = BoolGetDatum(copy.paused);
+	values[5] = CStringGetTextDatum(copy.pause_reason);
+	nulls[5] = copy.pause_reason[0] == '\0';
+	values[6] = Int64GetDatum((int64) pg_atomic_read_u64(&lhd_shared->calls));
+	values[7] = Int64GetDatum((int64) pg_atomic_read_u64(&lhd_shared->responses_2xx));
+	values[8] = Int64GetDatum((int64) pg_atomic_read_u64(&lhd_shared->responses_4xx));
+	values[9] = Int64GetDatum((int64) pg_atomic_read_u64(&lhd_shared->responses_5xx));
+	values[10] = Int64GetDatum((int64) pg_atomic_read_u64(&lhd_shared->rate_limited));
+	values[11] = Int64GetDatum((int64) pg_atomic_read_u64(&lhd_shared->transport_errors));
+	values[12] = Int32GetDatum(copy.invalid_10min);
+	values[13] = BoolGetDatum(copy.throttled);
+	values[14] = CStringGetTextDatum(copy.last_error);
+	nulls[14] = copy.last_error[0] == '\0';
+	values[15] = TimestampTzGetDatum(copy.last_error_at);
+	nulls[15] = copy.last_error_at == 0;
+	values[16] = BoolGetDatum(shared_is_shmem);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}

@@ -1,0 +1,388 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The lhdiscord background worker.
+ *
+ * Owns registration (only under shared_preload_libraries, never in binary
+ * upgrade, started after recovery so never on a standby, restarted 5 s after
+ * a crash) and the worker's loop: sleep on its latch until a commit that
+ * queued work wakes it (a long poll is only a safety net), then drain the
+ * outbox in a pipeline -- claim in a short transaction, send over HTTP with
+ * no transaction open, record outcomes in another short transaction -- and
+ * do housekeeping: give back jobs claimed by a process that died (crash,
+ * kill -9, failover), prune finished jobs after lhdiscord.outbox_retention.
+ *
+ * Errors inside the loop are caught (sigsetjmp, as PostgreSQL's own
+ * auxiliary processes do): the transaction is aborted, the worker gives
+ * back the jobs it had claimed, and it carries on after a pause, so a
+ * poisonous job ends up dead after lhdiscord.max_attempts instead of
+ * crash-looping the worker.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <setjmp.h>
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "portability/instr_time.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/pmsignal.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+
+#include "lhdiscord.h"
+#include "lhd_engine.h"
+#include "lhd_shared.h"
+
+PGDLLEXPORT void lhdiscord_worker_main(Datum main_arg);
+
+#define HOUSEKEEPING_MS		10000
+#define CLAIM_CHUNK			200
+#define RECORD_EVERY_MS		20
+
+static MemoryContext worker_cxt = NULL;
+static LhdEngine *engine = NULL;
+static bool engine_stale = false;	/* settings changed: rebuild when idle */
+static int64 next_housekeeping = 0;
+
+/* True in the worker process: its own outbox writes need no wake-up. */
+bool		lhd_am_worker = false;
+
+static int64
+now_ms(void)
+{
+	instr_time	t;
+
+	INSTR_TIME_SET_CURRENT(t);
+	return (int64) INSTR_TIME_GET_MILLISEC(t);
+}
+
+void
+lhd_register_worker(void)
+{
+	BackgroundWorker w;
+
+	if (!process_shared_preload_libraries_in_progress || IsBinaryUpgrade)
+		return;
+	memset(&w, 0, sizeof(w));
+	w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	w.bgw_restart_time = 5;
+	strlcpy(w.bgw_library_name, "lhdiscord", BGW_MAXLEN);
+	strlcpy(w.bgw_function_name, "lhdiscord_worker_main", BGW_MAXLEN);
+	strlcpy(w.bgw_name, "lhdiscord worker", BGW_MAXLEN);
+	strlcpy(w.bgw_type, "lhdiscord worker", BGW_MAXLEN);
+	RegisterBackgroundWorker(&w);
+}
+
+static void
+worker_unregister(int code, Datum arg)
+{
+	lhd_worker_register(NULL);
+}
+
+/* Run fn in its own short transaction with SPI. */
+static void
+in_transaction(void (*fn) (void *), void *arg)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	fn(arg);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/* ---------- is the extension there, at our version? ---------- */
+
+static void
+check_extension(void *arg)
+{
+	char	  **version = arg;
+
+	*version = NULL;
+	if (SPI_execute("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'lhdiscord'",
+					true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+		*version = MemoryContextStrdup(worker_cxt, lhd_getattr_text(0, 1));
+}
+
+static bool
+extension_ready(void)
+{
+	static char *reported = NULL;
+	char	   *version;
+
+	in_transaction(check_extension, &version);
+	if (version != NULL && strcmp(version, LHD_VERSION) == 0)
+	{
+		reported = NULL;
+		return true;
+	}
+	if (version != NULL && (reported == NULL || strcmp(reported, version) != 0))
+	{
+		ereport(LOG,
+				(errmsg("lhdiscord worker: database \"%s\" has lhdiscord %s but the library is %s; waiting",
+						lhd_database, version, LHD_VERSION),
+				 errhint("Run ALTER EXTENSION lhdiscord UPDATE in that database.")));
+		reported = version;
+	}
+	return false;
+}
+
+/* ---------- housekeeping ---------- */
+
+static void
+reclaim_and_prune(void *arg)
+{
+	static LhdPlan reclaim_plan = {
+		/*
+		 * Jobs claimed by a process that is gone (crash, kill -9, failover):
+		 * back to pending.  Claims of a live drain_outbox() are not
+		 * committed, so they are never seen here.
+		 */
+		.sql = "UPDATE lhdiscord.outbox o SET state = 'pending', run_after = now(), claimed_by = NULL, "
+		"       updated_at = now(), last_error = 'claimer ended before finishing' "
+		"WHERE state = 'in_flight' AND NOT EXISTS ("
+		"  SELECT 1 FROM pg_catalog.pg_stat_activity a "
+		"   WHERE a.pid = o.claimed_by AND a.backend_start <= o.claimed_at)",
+		.nargs = 0
+	};
+	int			reclaimed = lhd_exec(&reclaim_plan, NULL, NULL, false, 0);
+
+	if (reclaimed > 0)
+		ereport(LOG,
+				(errmsg("lhdiscord worker: %d outbox job(s) claimed by an ended process were queued again",
+						reclaimed)));
+	lhd_prune_outbox(lhd_outbox_retention);
+}
+
+static void
+release_own_claims(void *arg)
+{
+	static LhdPlan plan = {
+		.sql = "UPDATE lhdiscord.outbox SET state = 'pending', run_after = now() + interval '1 second', "
+		"       claimed_by = NULL, updated_at = now() "
+		"WHERE state = 'in_flight' AND claimed_by = pg_backend_pid()",
+		.nargs = 0
+	};
+
+	lhd_exec(&plan, NULL, NULL, false, 0);
+}
+
+static void
+next_due(void *arg)
+{
+	static LhdPlan plan = {
+		.sql = "SELECT (extract(epoch FROM min(run_after) - clock_timestamp()) * 1000)::bigint "
+		"FROM lhdiscord.outbox WHERE state = 'pending'",
+		.nargs = 0
+	};
+	int64	   *ms = arg;
+	bool		isnull;
+	Datum		d;
+
+	lhd_exec(&plan, NULL, NULL, true, 1);
+	d = lhd_getattr(0, 1, &isnull);
+	*ms = isnull ? -1 : DatumGetInt64(d);
+}
+
+/* ---------- the loop ---------- */
+
+static void
+handle_reload(void)
+{
+	if (!ConfigReloadPending)
+		return;
+	ConfigReloadPending = false;
+	ProcessConfigFile(PGC_SIGHUP);
+	if (lhd_is_paused())
+		ereport(LOG, (errmsg("lhdiscord worker: configuration reloaded, sending resumes")));
+	lhd_set_paused(false, NULL);
+	engine_stale = true;
+}
+
+static void
+idle_wait(int64 ms)
+{
+	pgstat_report_activity(STATE_IDLE, NULL);
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 (long) Max(ms, 1), PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+}
+
+/* Drain until there is nothing due: the pipeline keeps HTTP busy. */
+static void
+run_burst(void)
+{
+	int			max_active = Max(lhd_max_concurrency * 4, 64);
+	bool		exhausted = false;
+	int64		last_record = now_ms();
+	bool		throttled;
+	int			invalid;
+
+	if (engine != NULL && engine_stale && engine->active == NIL)
+	{
+		MemoryContextDelete(engine->cxt);
+		engine = NULL;
+	}
+	if (engine == NULL)
+	{
+		engine = lhd_engine_create(true, worker_cxt);
+		engine_stale = false;
+	}
+
+	pgstat_report_activity(STATE_RUNNING, "lhdiscord: draining the outbox");
+	for (;;)
+	{
+		int			room = max_active - list_length(engine->active);
+
+		CHECK_FOR_INTERRUPTS();
+		/* Busy bursts never reach WaitLatch: notice a dead postmaster here. */
+		if (!PostmasterIsAlive())
+			proc_exit(1);
+		handle_reload();
+		if (!exhausted && room > 0 && !lhd_is_paused())
+		{
+			int			want = Min(room, CLAIM_CHUNK);
+
+			if (lhd_engine_claim(engine, want) < want)
+				exhausted = true;
+		}
+		if (engine->active == NIL && engine->finished == NIL)
+			break;
+		if (engine->ready != NIL || engine->inflight > 0)
+			lhd_engine_transport(engine, 5);
+		lhd_engine_dispatch(engine);
+		lhd_engine_check_stalled(engine);
+		if (engine->finished != NIL &&
+			(list_length(engine->finished) >= 100 || engine->active == NIL ||
+			 now_ms() - last_record >= RECORD_EVERY_MS))
+		{
+			lhd_engine_record(engine);
+			last_record = now_ms();
+		}
+		/* A commit queued more work while we were busy. */
+		if (MyLatch->is_set)
+		{
+			ResetLatch(MyLatch);
+			exhausted = false;
+		}
+	}
+	invalid = lhd_http_invalid_count(engine, &throttled);
+	lhd_set_invalid_count(invalid, throttled);
+	lhd_worker_touch();
+}
+
+static void
+worker_iteration(void)
+{
+	int64		sleep_ms;
+	int64		due = -1;
+
+	CHECK_FOR_INTERRUPTS();
+	handle_reload();
+	if (!extension_ready())
+	{
+		idle_wait((int64) lhd_poll_interval * 1000);
+		return;
+	}
+	if (now_ms() >= next_housekeeping)
+	{
+		in_transaction(reclaim_and_prune, NULL);
+		next_housekeeping = now_ms() + HOUSEKEEPING_MS;
+	}
+	run_burst();
+
+	sleep_ms = (int64) lhd_poll_interval * 1000;
+	if (!lhd_is_paused())
+	{
+		in_transaction(next_due, &due);
+		if (due >= 0)
+			sleep_ms = Min(sleep_ms, due);
+	}
+	sleep_ms = Min(sleep_ms, Max(next_housekeeping - now_ms(), 0));
+	if (due == 0 && !lhd_is_paused())
+		return;					/* something is due right now */
+	idle_wait(sleep_ms);
+}
+
+/* After an ERROR: clean up, give our jobs back, pause briefly, carry on. */
+static void
+recover_from_error(void)
+{
+	ErrorData  *edata;
+
+	HOLD_INTERRUPTS();
+	MemoryContextSwitchTo(worker_cxt);
+	edata = CopyErrorData();
+	EmitErrorReport();
+	AbortOutOfAnyTransaction();
+	FlushErrorState();
+	if (engine != NULL)
+	{
+		MemoryContextDelete(engine->cxt);
+		engine = NULL;
+	}
+	lhd_set_last_error("worker error: %s", edata->message);
+	FreeErrorData(edata);
+	RESUME_INTERRUPTS();
+
+	/* The extension may be gone; then this fails too and we retry later. */
+	PG_TRY();
+	{
+		in_transaction(release_own_claims, NULL);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(worker_cxt);
+		AbortOutOfAnyTransaction();
+		FlushErrorState();
+	}
+	PG_END_TRY();
+	idle_wait(1000);
+}
+
+void
+lhdiscord_worker_main(Datum main_arg)
+{
+	sigjmp_buf	local_sigjmp_buf;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	lhd_am_worker = true;
+	BackgroundWorkerInitializeConnection(lhd_database, NULL, 0);
+	pgstat_report_appname("lhdiscord worker");
+	worker_cxt = AllocSetContextCreate(TopMemoryContext, "lhdiscord worker",
+									   ALLOCSET_DEFAULT_SIZES);
+	MemoryContextSwitchTo(worker_cxt);
+	lhd_worker_register(MyLatch);
+	before_shmem_exit(worker_unregister, (Datum) 0);
+	ereport(LOG,
+			(errmsg("lhdiscord worker started (database \"%s\", api_mode %s)",
+					lhd_database, lhd_api_mode == LHD_API_FAKE ? "fake" : "live")));
+
+	if (sigsetjmp(local_sigjmp_buf, 1) != 0)
+		recover_from_error();
+	PG_exception_stack = &local_sigjmp_buf;
+
+	for (;;)
+	{
+		MemoryContextSwitchTo(worker_cxt);
+		worker_iteration();
+	}
+}

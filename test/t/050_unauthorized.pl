@@ -1,0 +1,50 @@
+# A bad bot token: the worker pauses after the first 401, sends (almost)
+# nothing more, says so in worker_status and the log, and resumes when the
+# configuration is reloaded with a good token.
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+use LhdTest;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
+
+start_mock();
+setup_guild(members => [ map { { id => sprintf('6%017d', $_) } } 1 .. 50 ]);
+my $node = new_node('unauth', bot_token => 'not-the-right-token',
+	conf => { 'lhdiscord.poll_interval' => 1 });
+$node->safe_psql('postgres', q{
+	SELECT lhdiscord.map_role('traveler', '900000000000000101');
+	INSERT INTO lhdiscord.users (user_id, username, membership_level)
+	  SELECT g, 'u' || g, 'traveler' FROM generate_series(1, 50) g;
+	SELECT count(lhdiscord.link_account(g, '6' || lpad(g::text, 17, '0'), 'u' || g)) FROM generate_series(1, 50) g;
+});
+
+ok(wait_for(sub { $node->safe_psql('postgres', 'SELECT paused FROM lhdiscord.worker_status') eq 't' }, 30),
+	'worker paused after a 401');
+my $after_first = mock_stats()->{bot_requests};
+cmp_ok($after_first, '<=', 3, "only the first request(s) were sent ($after_first)");
+sleep 15;
+my $later = mock_stats()->{bot_requests};
+cmp_ok($later - $after_first, '<', 10, 'fewer than 10 requests while paused (' . ($later - $after_first) . ')');
+is(mock_stats()->{unauthorized_401}, $later, 'every request sent was a 401');
+like($node->safe_psql('postgres', 'SELECT pause_reason FROM lhdiscord.worker_status'), qr/401/,
+	'worker_status gives the reason');
+like(slurp_file($node->logfile), qr/WARNING:  lhdiscord: Discord answered 401 Unauthorized: the bot token was rejected; all Discord sending is paused/,
+	'the pause is logged');
+unlike(slurp_file($node->logfile), qr/not-the-right-token/, 'the token itself is never logged');
+is($node->safe_psql('postgres', "SELECT count(*) FROM lhdiscord.outbox WHERE state IN ('dead', 'failed')"), '0',
+	'no job failed or died because of the pause');
+
+# The DBA fixes the token and reloads: sending resumes.
+$node->safe_psql('postgres', "ALTER SYSTEM SET lhdiscord.bot_token = '" . BOT_TOKEN . "'");
+$node->reload;
+ok(wait_for(sub {
+	$node->safe_psql('postgres', "SELECT count(*) FROM lhdiscord.outbox WHERE state <> 'done'") eq '0' }, 60),
+	'after reload every job is done');
+is($node->safe_psql('postgres', 'SELECT paused FROM lhdiscord.worker_status'), 'f', 'no longer paused');
+
+$node->stop;
+done_testing();
