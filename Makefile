@@ -23,3 +23,6 @@ EXTRA_CLEAN = test/results test/isolation/output_iso
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# PGXS does not track headers: every object depends on the project's own.
+$(OBJS): $(wildcard src/*.h)

@@ -27,6 +27,7 @@
 
 #include "lhdiscord.h"
 #include "lhd_engine.h"
+#include "lhd_access.h"
 #include "lhd_json.h"
 #include "lhd_shared.h"
 
@@ -86,6 +87,45 @@ kind_from_text(const char *kind)
 	if (strcmp(kind, "token_refresh") == 0)
 		return LHD_JOB_TOKEN_REFRESH;
 	return LHD_JOB_UNKNOWN;
+}
+
+/* What each job kind does at each stage; NULL = nothing to do. */
+typedef struct KindOps
+{
+	void		(*prepare) (LhdEngine *e, List *tasks);	/* batch load, claim unit */
+	void		(*start) (LhdEngine *e, LhdTask *t);
+	void		(*response) (LhdEngine *e, LhdTask *t, LhdRequest *r);
+	void		(*record) (LhdEngine *e, List *tasks);	/* record unit */
+} KindOps;
+
+static const KindOps kind_ops[] = {
+	[LHD_JOB_ROLES] = {lhd_roles_prepare, lhd_roles_start, lhd_roles_response, lhd_roles_record},
+	[LHD_JOB_DM] = {lhd_dm_prepare, lhd_dm_start, lhd_dm_response, lhd_dm_record},
+	[LHD_JOB_MEMBER_SCAN] = {lhd_scan_prepare, lhd_scan_start, lhd_scan_response, lhd_scan_record},
+	[LHD_JOB_GUILD_JOIN] = {NULL, NULL, NULL, NULL},
+	[LHD_JOB_TOKEN_REFRESH] = {NULL, NULL, NULL, NULL},
+	[LHD_JOB_UNKNOWN] = {NULL, NULL, NULL, NULL},
+};
+
+/* Run a batch stage for each kind present in tasks. */
+static void
+for_each_kind(LhdEngine *e, List *tasks, bool record)
+{
+	for (int k = 0; k < LHD_JOB_UNKNOWN; k++)
+	{
+		void		(*fn) (LhdEngine *, List *) = record ? kind_ops[k].record : kind_ops[k].prepare;
+		List	   *of_kind = NIL;
+		ListCell   *lc;
+
+		if (fn == NULL)
+			continue;
+		foreach(lc, tasks)
+			if (((LhdTask *) lfirst(lc))->kind == (LhdJobKind) k)
+				of_kind = lappend(of_kind, lfirst(lc));
+		if (of_kind != NIL)
+			fn(e, of_kind);
+		list_free(of_kind);
+	}
 }
 
 static const struct
@@ -269,21 +309,15 @@ task_cmp(const ListCell *a, const ListCell *b)
 static void
 start_task(LhdEngine *e, LhdTask *t)
 {
-	switch (t->kind)
+	if (kind_ops[t->kind].start == NULL)
 	{
-		case LHD_JOB_ROLES:
-			lhd_roles_start(e, t);
-			break;
-		case LHD_JOB_DM:
-			lhd_dm_start(e, t);
-			break;
-		default:
-			ereport(WARNING,
-					(errmsg("lhdiscord: outbox job " INT64_FORMAT " has a kind this version does not process",
-							t->job_id)));
-			lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "job kind not supported by this version");
-			break;
+		ereport(WARNING,
+				(errmsg("lhdiscord: outbox job " INT64_FORMAT " has a kind this version does not process",
+						t->job_id)));
+		lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "job kind not supported by this version");
+		return;
 	}
+	kind_ops[t->kind].start(e, t);
 }
 
 /* Claim up to limit due jobs and start them; returns the number claimed. */
@@ -311,8 +345,6 @@ lhd_engine_claim(LhdEngine *e, int limit)
 	Datum		values[1];
 	int			n;
 	List	   *claimed = NIL;
-	List	   *roles = NIL;
-	List	   *dms = NIL;
 	ListCell   *lc;
 
 	lhd_unit_begin(e);
@@ -352,24 +384,15 @@ lhd_engine_claim(LhdEngine *e, int limit)
 			LhdTask    *t = lfirst(lc);
 
 			e->active = lappend(e->active, t);
-			if (t->kind == LHD_JOB_ROLES)
-				roles = lappend(roles, t);
-			else if (t->kind == LHD_JOB_DM)
-				dms = lappend(dms, t);
 		}
 		MemoryContextSwitchTo(old);
 	}
-	if (roles != NIL)
-		lhd_roles_prepare(e, roles);
-	if (dms != NIL)
-		lhd_dm_prepare(e, dms);
+	for_each_kind(e, claimed, false);
 	lhd_unit_end(e);
 
 	foreach(lc, claimed)
 		start_task(e, (LhdTask *) lfirst(lc));
 	list_free(claimed);
-	list_free(roles);
-	list_free(dms);
 	return n;
 }
 
@@ -385,17 +408,8 @@ lhd_engine_dispatch(LhdEngine *e)
 
 		e->completed = list_delete_first(e->completed);
 		t->outstanding--;
-		switch (t->kind)
-		{
-			case LHD_JOB_ROLES:
-				lhd_roles_response(e, t, r);
-				break;
-			case LHD_JOB_DM:
-				lhd_dm_response(e, t, r);
-				break;
-			default:
-				break;
-		}
+		if (kind_ops[t->kind].response)
+			kind_ops[t->kind].response(e, t, r);
 		if (r->bearer)
 			explicit_bzero(r->bearer, strlen(r->bearer));
 	}
@@ -414,6 +428,8 @@ outcome_state(LhdOutcome o)
 			return "failed";
 		case LHD_OUT_DEAD:
 			return "dead";
+		case LHD_OUT_CONTINUE:
+			return "continue";
 		default:
 			return "pending";
 	}
@@ -430,19 +446,22 @@ lhd_engine_record(LhdEngine *e)
 	static LhdPlan plan = {
 		.sql = "UPDATE lhdiscord.outbox o SET "
 		"  state = (CASE WHEN o.kind = 'roles' AND o.generation <> r.gen THEN 'pending' "
-		"               ELSE r.state END)::lhdiscord.outbox_state, "
+		"                WHEN r.state = 'continue' THEN 'pending' "
+		"                ELSE r.state END)::lhdiscord.outbox_state, "
 		"  attempts = CASE WHEN o.kind = 'roles' AND o.generation <> r.gen AND r.state <> 'pending' THEN 0 "
+		"                  WHEN r.state = 'continue' THEN 0 "
 		"                  WHEN r.uncounted THEN o.attempts - 1 ELSE o.attempts END, "
 		"  run_after = CASE WHEN r.state = 'pending' AND NOT (o.kind = 'roles' AND o.generation <> r.gen) "
 		"                   THEN clock_timestamp() + r.delay_ms * interval '1 millisecond' "
 		"                   ELSE now() END, "
-		"  finished_at = CASE WHEN r.state <> 'pending' AND NOT (o.kind = 'roles' AND o.generation <> r.gen) "
-		"                     THEN now() END, "
+		"  finished_at = CASE WHEN r.state IN ('done', 'failed', 'dead') "
+		"                      AND NOT (o.kind = 'roles' AND o.generation <> r.gen) THEN now() END, "
 		"  last_status = nullif(r.status, 0), last_error = r.err, "
 		"  claimed_by = NULL, updated_at = now() "
 		"FROM unnest($1::bigint[], $2::int[], $3::text[], $4::int[], $5::text[], $6::int[], $7::bool[]) "
 		"     AS r(id, gen, state, status, err, delay_ms, uncounted) "
-		"WHERE o.id = r.id",
+		"WHERE o.id = r.id "
+		"RETURNING o.state = 'pending' AND o.run_after <= now()",
 		.nargs = 7,
 		.argtypes = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
 		INT4ARRAYOID, BOOLARRAYOID}
@@ -461,8 +480,7 @@ lhd_engine_record(LhdEngine *e)
 	int			dims[1];
 	int			lbs[1] = {1};
 	ListCell   *lc;
-	List	   *roles = NIL;
-	List	   *dms = NIL;
+	int			updated;
 
 	if (n == 0)
 		return 0;
@@ -487,10 +505,6 @@ lhd_engine_record(LhdEngine *e)
 		errs[i] = t->last_error ? CStringGetTextDatum(t->last_error) : (Datum) 0;
 		delays[i] = Int32GetDatum(t->retry_delay_ms);
 		uncounted[i] = BoolGetDatum(t->uncounted);
-		if (t->kind == LHD_JOB_ROLES)
-			roles = lappend(roles, t);
-		else if (t->kind == LHD_JOB_DM)
-			dms = lappend(dms, t);
 		i++;
 	}
 	dims[0] = n;
@@ -504,11 +518,15 @@ lhd_engine_record(LhdEngine *e)
 												   TEXTOID, -1, false, TYPALIGN_INT));
 	values[5] = PointerGetDatum(construct_array(delays, n, INT4OID, 4, true, TYPALIGN_INT));
 	values[6] = PointerGetDatum(construct_array(uncounted, n, BOOLOID, 1, true, TYPALIGN_CHAR));
-	lhd_exec(&plan, values, NULL, false, 0);
-	if (roles != NIL)
-		lhd_roles_record(e, roles);
-	if (dms != NIL)
-		lhd_dm_record(e, dms);
+	updated = lhd_exec(&plan, values, NULL, false, 0);
+	for (int k = 0; k < updated; k++)
+	{
+		bool		isnull;
+
+		if (DatumGetBool(lhd_getattr(k, 1, &isnull)))
+			e->requeued = true;
+	}
+	for_each_kind(e, e->finished, true);
 	lhd_unit_end(e);
 
 	foreach(lc, e->finished)
@@ -524,8 +542,6 @@ lhd_engine_record(LhdEngine *e)
 		MemoryContextDelete(t->cxt);
 	}
 	list_free(e->finished);
-	list_free(roles);
-	list_free(dms);
 	e->finished = NIL;
 	return n;
 }
@@ -620,6 +636,13 @@ lhd_drain(bool in_worker, int max_jobs)
 		lhd_engine_record(e);
 	}
 	finished = e->jobs_finished;
+	if (e->reconcile_requested)
+	{
+		/* In its own unit: it must see the snapshot the scan just completed. */
+		lhd_unit_begin(e);
+		lhd_reconcile_all_internal();
+		lhd_unit_end(e);
+	}
 	MemoryContextDelete(e->cxt);
 	return finished;
 }

@@ -72,7 +72,8 @@ typedef enum LhdOutcome
 	LHD_OUT_DONE,
 	LHD_OUT_FAILED,				/* permanent Discord error: no retry */
 	LHD_OUT_RETRY,				/* transient: back to pending after a delay */
-	LHD_OUT_DEAD				/* retries exhausted */
+	LHD_OUT_DEAD,				/* retries exhausted */
+	LHD_OUT_CONTINUE			/* more to do: straight back to pending */
 } LhdOutcome;
 
 struct LhdTask;
@@ -175,6 +176,8 @@ typedef struct LhdEngine
 	List	   *ready;			/* LhdRequest * to send */
 	List	   *completed;		/* LhdRequest * answered */
 	int			inflight;
+	bool		requeued;		/* a recorded job went straight back to pending */
+	bool		reconcile_requested;	/* a member scan completed */
 
 	void	   *http;			/* live transport state (http.c) */
 } LhdEngine;
@@ -220,6 +223,12 @@ extern void lhd_dm_prepare(LhdEngine *e, List *tasks);
 extern void lhd_dm_start(LhdEngine *e, LhdTask *t);
 extern void lhd_dm_response(LhdEngine *e, LhdTask *t, LhdRequest *r);
 extern void lhd_dm_record(LhdEngine *e, List *tasks);
+
+/* jobs_scan.c */
+extern void lhd_scan_prepare(LhdEngine *e, List *tasks);
+extern void lhd_scan_start(LhdEngine *e, LhdTask *t);
+extern void lhd_scan_response(LhdEngine *e, LhdTask *t, LhdRequest *r);
+extern void lhd_scan_record(LhdEngine *e, List *tasks);
 
 /* fake.c */
 extern void lhd_fake_execute(LhdEngine *e);

@@ -21,7 +21,7 @@
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 
-#define LHD_VERSION		"0.3.0"
+#define LHD_VERSION		"0.4.0"
 #define LHD_SCHEMA		"lhdiscord"
 #define LHD_PROJECT_URL	"https://github.com/lighthouse-portal/lhdiscord"
 

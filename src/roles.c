@@ -38,6 +38,7 @@ PG_FUNCTION_INFO_V1(desired_roles);
 PG_FUNCTION_INFO_V1(sync_roles);
 PG_FUNCTION_INFO_V1(sync_staff);
 PG_FUNCTION_INFO_V1(sync_permissions);
+PG_FUNCTION_INFO_V1(role_drift);
 
 static const char *const fixed_keys[] = {
 	"traveler", "resident", "citizen", "verified",
@@ -496,4 +497,67 @@ Datum
 sync_permissions(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_INT32(sync_user(fcinfo, SYNC_ROLES | SYNC_STAFF, "sync_permissions"));
+}
+
+/* ---------- drift, for the status map ---------- */
+
+/*
+ * role_drift(account_status, in_brig, level, department, rank, portal_roles,
+ *			  held) -> 'missing_role' | 'excess_role' | 'none'
+ * Compares the managed roles a member holds in the snapshot (held; NULL
+ * when the member is not in it) with its desired set.  The role map is
+ * loaded once per query (cached in fn_extra).
+ */
+Datum
+role_drift(PG_FUNCTION_ARGS)
+{
+	LhdRoleMap *map = fcinfo->flinfo->fn_extra;
+	LhdRoleInputs in = {0};
+	LhdRoleSet	desired;
+	LhdRoleSet	managed;
+	LhdRoleSet	held;
+
+	if (map == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+		LhdRoleMap *copy;
+
+		SPI_connect();
+		map = lhd_rolemap_load();
+		MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+		copy = palloc0(sizeof(LhdRoleMap));
+		copy->n = map->n;
+		copy->portal_leading = map->portal_leading;
+		copy->keys = palloc(sizeof(char *) * (map->n + 1));
+		copy->ids = palloc(sizeof(char *) * (map->n + 1));
+		for (int i = 0; i < map->n; i++)
+		{
+			copy->keys[i] = pstrdup(map->keys[i]);
+			copy->ids[i] = pstrdup(map->ids[i]);
+		}
+		SPI_finish();
+		MemoryContextSwitchTo(old);
+		fcinfo->flinfo->fn_extra = map = copy;
+	}
+
+	in.account_exists = !PG_ARGISNULL(0);
+	in.account_active = in.account_exists &&
+		strcmp(text_to_cstring(PG_GETARG_TEXT_PP(0)), "active") == 0;
+	in.in_brig = !PG_ARGISNULL(1) && PG_GETARG_BOOL(1);
+	in.membership_level = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	in.staff_department = PG_ARGISNULL(3) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(3));
+	in.staff_rank = PG_ARGISNULL(4) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(4));
+	lhd_roleset_from_array(&in.portal_roles, PG_ARGISNULL(5) ? (Datum) 0 : PG_GETARG_DATUM(5),
+						   PG_ARGISNULL(5));
+	lhd_roleset_from_array(&held, PG_ARGISNULL(6) ? (Datum) 0 : PG_GETARG_DATUM(6), PG_ARGISNULL(6));
+	lhd_desired_roles(map, &in, &desired, &managed);
+
+	for (int i = 0; i < desired.n; i++)
+		if (!lhd_roleset_contains(&held, desired.ids[i]))
+			PG_RETURN_TEXT_P(cstring_to_text("missing_role"));
+	for (int i = 0; i < held.n; i++)
+		if (lhd_roleset_contains(&managed, held.ids[i]) &&
+			!lhd_roleset_contains(&desired, held.ids[i]))
+			PG_RETURN_TEXT_P(cstring_to_text("excess_role"));
+	PG_RETURN_TEXT_P(cstring_to_text("none"));
 }

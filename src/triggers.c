@@ -32,12 +32,14 @@
 #include "utils/timestamp.h"
 
 #include "lhdiscord.h"
+#include "lhd_access.h"
 
 PG_FUNCTION_INFO_V1(users_after_update);
 PG_FUNCTION_INFO_V1(accounts_after_change);
 PG_FUNCTION_INFO_V1(user_roles_after_change);
 PG_FUNCTION_INFO_V1(role_map_after_change);
 PG_FUNCTION_INFO_V1(touch_updated_at);
+PG_FUNCTION_INFO_V1(users_in_scope_changed);
 
 /*
  * While a caller (link, unlink, revoke, brig) runs a statement on
@@ -403,6 +405,21 @@ role_map_after_change(PG_FUNCTION_ARGS)
 	SPI_connect();
 	lhd_exec(&plan, NULL, NULL, false, 0);
 	SPI_finish();
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * AFTER UPDATE OF in_scope ON users FOR EACH ROW WHEN it changed: the
+ * application's access-policy outcome moved, so reconcile this user now.
+ */
+Datum
+users_in_scope_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+		elog(ERROR, "users_in_scope_changed: must fire AFTER UPDATE");
+	lhd_reconcile_user_internal(field_int64(td->tg_newtuple, td->tg_relation->rd_att, "user_id"));
 	return PointerGetDatum(NULL);
 }
 

@@ -42,6 +42,7 @@
 #include "utils/snapmgr.h"
 
 #include "lhdiscord.h"
+#include "lhd_access.h"
 #include "lhd_engine.h"
 #include "lhd_shared.h"
 
@@ -55,6 +56,7 @@ static MemoryContext worker_cxt = NULL;
 static LhdEngine *engine = NULL;
 static bool engine_stale = false;	/* settings changed: rebuild when idle */
 static int64 next_housekeeping = 0;
+static int64 next_reconcile = 0;	/* 0 = not scheduled yet */
 
 /* True in the worker process: its own outbox writes need no wake-up. */
 bool		lhd_am_worker = false;
@@ -199,6 +201,45 @@ next_due(void *arg)
 	*ms = isnull ? -1 : DatumGetInt64(d);
 }
 
+/* ---------- scheduled reconcile ---------- */
+
+static void
+do_reconcile(void *arg)
+{
+	const char *why = arg;
+	int64		changed = lhd_reconcile_all_internal();
+
+	if (changed > 0)
+		ereport(LOG,
+				(errmsg("lhdiscord worker: reconcile (%s) changed " INT64_FORMAT " user(s)", why, changed)));
+}
+
+static void
+maybe_reconcile(void)
+{
+	int64		now = now_ms();
+
+	if (engine != NULL && engine->reconcile_requested)
+	{
+		engine->reconcile_requested = false;
+		pgstat_report_activity(STATE_RUNNING, "lhdiscord: reconcile after a member scan");
+		in_transaction(do_reconcile, "after a member scan");
+	}
+	if (lhd_reconcile_interval <= 0)
+	{
+		next_reconcile = 0;
+		return;
+	}
+	if (next_reconcile == 0)
+		next_reconcile = now + (int64) lhd_reconcile_interval * 1000;
+	else if (now >= next_reconcile)
+	{
+		pgstat_report_activity(STATE_RUNNING, "lhdiscord: scheduled reconcile");
+		in_transaction(do_reconcile, "scheduled");
+		next_reconcile = now_ms() + (int64) lhd_reconcile_interval * 1000;
+	}
+}
+
 /* ---------- the loop ---------- */
 
 static void
@@ -274,10 +315,15 @@ run_burst(void)
 			lhd_engine_record(engine);
 			last_record = now_ms();
 		}
-		/* A commit queued more work while we were busy. */
+		/* A commit queued more work while we were busy, or a job came back. */
 		if (MyLatch->is_set)
 		{
 			ResetLatch(MyLatch);
+			exhausted = false;
+		}
+		if (engine->requeued)
+		{
+			engine->requeued = false;
 			exhausted = false;
 		}
 	}
@@ -305,8 +351,11 @@ worker_iteration(void)
 		next_housekeeping = now_ms() + HOUSEKEEPING_MS;
 	}
 	run_burst();
+	maybe_reconcile();
 
 	sleep_ms = (int64) lhd_poll_interval * 1000;
+	if (next_reconcile > 0)
+		sleep_ms = Min(sleep_ms, Max(next_reconcile - now_ms(), 0));
 	if (!lhd_is_paused())
 	{
 		in_transaction(next_due, &due);

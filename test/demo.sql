@@ -21,7 +21,8 @@ END $$;
 SELECT lhdiscord.map_role(k, id) FROM (VALUES
   ('traveler', '900000000000000101'), ('resident', '900000000000000102'),
   ('citizen', '900000000000000103'), ('verified', '900000000000000104'),
-  ('staff_engineer', '900000000000000113'), ('rank_officer', '900000000000000123')) m(k, id);
+  ('staff_engineer', '900000000000000113'), ('rank_officer', '900000000000000123'),
+  ('hauling.member', '900000000000000131')) m(k, id);
 
 -- The application's database role, granted what README.md lists.
 CREATE ROLE portal LOGIN;
@@ -73,6 +74,17 @@ RESET ROLE;
 INSERT INTO lhdiscord.outbox (kind, discord_user_id, payload)
   VALUES ('dm', '112233445566778899', '{"content": "Welcome aboard, Alice!"}');
 SELECT public.wait_for_worker();
+
+-- Entitlement: the worker scans the guild (paginated) into a snapshot, then
+-- reconciles.  Alice holds the hauling.member role in Discord: entitled.
+-- Bob has no Discord account: suspended.  The admiral is privileged: exempt.
+SELECT lhdiscord.request_member_scan() AS snapshot \gset
+SELECT public.wait_for_worker();
+SELECT id, source, complete, trusted, member_count FROM lhdiscord.member_snapshots;
+SELECT user_id, username, identity_status, eligible, entitled, privileged,
+       effective_access, policy_outcome, drift
+  FROM lhdiscord.status_map ORDER BY user_id;
+SELECT user_id, lhdiscord.has_access(user_id) FROM lhdiscord.users ORDER BY 1;
 
 -- What the DBA sees.
 SELECT kind, state, jobs FROM lhdiscord.outbox_stats ORDER BY 1, 2;

@@ -79,6 +79,7 @@ Fault rules (POST /_mock/faults, one object or a list; first match wins):
      "status": 503, "code": 0, "message": "...",  injected error response
      "body": "<html>...", "headers": {...},       raw body / extra headers
      "retry_after": 2.5, "global": true,          for "status": 429
+     "query": "after=[1-9]",                      optional regex on the query string
      "count": 1,                                  matches to affect; -1 = until
                                                   DELETE /_mock/faults
      "latency_ms": 300,                           delay before answering
@@ -501,7 +502,7 @@ class BucketState:
 
 class FaultRule:
     """A fault-injection rule (see /_mock/faults)."""
-    FIELDS = {"method", "path", "status", "code", "message", "body", "headers",
+    FIELDS = {"method", "path", "query", "status", "code", "message", "body", "headers",
               "count", "latency_ms", "drop", "hang", "process", "retry_after",
               "global", "scope"}
 
@@ -514,6 +515,9 @@ class FaultRule:
         self.method = self.method.upper() if self.method not in (None, "*") else None
         self.path = spec.get("path")
         self.path_re = re.compile(self.path) if self.path else None
+        # Optional regex searched in the raw query string, e.g. "after=[1-9]"
+        # to fail every page of a member listing but the first.
+        self.query_re = re.compile(spec["query"]) if spec.get("query") else None
         self.status = spec.get("status")
         if self.status is not None and not (isinstance(self.status, int)
                                             and 100 <= self.status <= 599):
@@ -543,8 +547,10 @@ class FaultRule:
         self.scope = spec.get("scope", "global" if self.is_global else "user")
         self.spec = spec
 
-    def matches(self, method, path):
+    def matches(self, method, path, query_string=""):
         if self.method is not None and self.method != method:
+            return False
+        if self.query_re is not None and self.query_re.search(query_string or "") is None:
             return False
         return self.path_re is None or self.path_re.search(path) is not None
 
@@ -887,7 +893,7 @@ class MockDiscord:
             reply = discord_error(502, 0, "502: Bad Gateway")
         else:
             if self.faults:
-                rule = self.match_fault(req.method, path)
+                rule = self.match_fault(req.method, path, req.query_string)
             reply = None
             if rule is None or rule.process:
                 reply = self.process(req, route, params, route_err, is_bot,
@@ -957,9 +963,9 @@ class MockDiscord:
             reply.headers.extend(rl_headers)
         return reply
 
-    def match_fault(self, method, path):
+    def match_fault(self, method, path, query_string=""):
         for rule in self.faults:
-            if rule.matches(method, path):
+            if rule.matches(method, path, query_string):
                 if rule.count > 0:
                     rule.count -= 1
                     if rule.count == 0:

@@ -885,6 +885,16 @@ class H_Faults(MockCase):
         self.ctl("DELETE", "/_mock/faults")
         self.assertEqual(self.api("PUT", role).status, 204)
 
+    def test_query_filter(self):
+        # Fail every page of a member listing but the first.
+        self.make_guild()
+        self.ctl("POST", "/_mock/faults",
+                 {"path": "/members$", "query": "after=[1-9]", "status": 503, "count": -1})
+        listing = "/guilds/%s/members" % GUILD
+        self.assertEqual(self.api("GET", listing + "?limit=1&after=0").status, 200)
+        self.assertEqual(self.api("GET", listing + "?limit=1").status, 200)
+        self.assertEqual(self.api("GET", listing + "?limit=1&after=%s" % USER_A).status, 503)
+
     def test_fault_429(self):
         self.make_guild()
         self.ctl("POST", "/_mock/faults", {"status": 429, "retry_after": 2.5, "global": True})
