@@ -295,6 +295,45 @@ lhd_task_finish_from(LhdEngine *e, LhdTask *t, LhdRequest *r)
 	lhd_task_finish(e, t, outcome, r->status, lhd_response_summary(r));
 }
 
+/*
+ * For job kinds that need more than the claimed row: run plan, whose $1 is
+ * the array of the tasks' job ids and whose first column is a job id, and
+ * call fill(t, row) in the task's memory context for each row's task.
+ */
+void
+lhd_tasks_load(List *tasks, LhdPlan *plan, void (*fill) (LhdTask *t, int row))
+{
+	int			n = list_length(tasks);
+	Datum	   *ids = palloc(sizeof(Datum) * n);
+	Datum		values[1];
+	ListCell   *lc;
+	int			i = 0;
+	int			rows;
+
+	foreach(lc, tasks)
+		ids[i++] = Int64GetDatum(((LhdTask *) lfirst(lc))->job_id);
+	values[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	rows = lhd_exec(plan, values, NULL, true, 0);
+	for (int r = 0; r < rows; r++)
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(lhd_getattr(r, 1, &isnull));
+
+		foreach(lc, tasks)
+		{
+			LhdTask    *t = lfirst(lc);
+
+			if (t->job_id == id)
+			{
+				MemoryContext old = MemoryContextSwitchTo(t->cxt);
+
+				fill(t, r);
+				MemoryContextSwitchTo(old);
+			}
+		}
+	}
+}
+
 /* ---------- claiming ---------- */
 
 static int

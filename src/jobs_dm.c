@@ -100,6 +100,41 @@ lhd_split_message(const char *content, int max_chars, char ***parts_out)
 
 /* ---------- the job ---------- */
 
+static void
+dm_fill(LhdTask *t, int r)
+{
+	DmState    *st = palloc0(sizeof(DmState));
+	bool		isnull;
+	Datum		d;
+
+	st->sent = DatumGetInt32(lhd_getattr(r, 2, &isnull));
+	d = lhd_getattr(r, 3, &isnull);
+	if (!isnull)
+	{
+		Datum	   *elems;
+		bool	   *nulls;
+		int			ne;
+
+		deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT,
+						  &elems, &nulls, &ne);
+		st->parts = palloc(sizeof(char *) * (ne + 1));
+		for (int k = 0; k < ne; k++)
+			if (!nulls[k])
+				st->parts[st->nparts++] = TextDatumGetCString(elems[k]);
+	}
+	else
+	{
+		/* A job queued by hand with {"content": ...}: split here. */
+		char	   *content = lhd_getattr_text(r, 4);
+
+		if (content)
+			st->nparts = lhd_split_message(content, LHD_MESSAGE_MAX, &st->parts);
+	}
+	st->channel_id = lhd_getattr_text(r, 5);
+	st->channel_cached = (st->channel_id != NULL);
+	t->state = st;
+}
+
 void
 lhd_dm_prepare(LhdEngine *e, List *tasks)
 {
@@ -114,62 +149,8 @@ lhd_dm_prepare(LhdEngine *e, List *tasks)
 		.nargs = 1,
 		.argtypes = {INT8ARRAYOID}
 	};
-	int			n = list_length(tasks);
-	Datum	   *ids = palloc(sizeof(Datum) * n);
-	Datum		values[1];
-	ListCell   *lc;
-	int			i = 0;
-	int			rows;
 
-	foreach(lc, tasks)
-		ids[i++] = Int64GetDatum(((LhdTask *) lfirst(lc))->job_id);
-	values[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
-	rows = lhd_exec(&plan, values, NULL, true, 0);
-	for (int r = 0; r < rows; r++)
-	{
-		bool		isnull;
-		int64		id = DatumGetInt64(lhd_getattr(r, 1, &isnull));
-
-		foreach(lc, tasks)
-		{
-			LhdTask    *t = lfirst(lc);
-			MemoryContext old;
-			DmState    *st;
-			Datum		d;
-
-			if (t->job_id != id)
-				continue;
-			old = MemoryContextSwitchTo(t->cxt);
-			st = palloc0(sizeof(DmState));
-			st->sent = DatumGetInt32(lhd_getattr(r, 2, &isnull));
-			d = lhd_getattr(r, 3, &isnull);
-			if (!isnull)
-			{
-				Datum	   *elems;
-				bool	   *nulls;
-				int			ne;
-
-				deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT,
-								  &elems, &nulls, &ne);
-				st->parts = palloc(sizeof(char *) * (ne + 1));
-				for (int k = 0; k < ne; k++)
-					if (!nulls[k])
-						st->parts[st->nparts++] = TextDatumGetCString(elems[k]);
-			}
-			else
-			{
-				/* A job queued by hand with {"content": ...}: split here. */
-				char	   *content = lhd_getattr_text(r, 4);
-
-				if (content)
-					st->nparts = lhd_split_message(content, LHD_MESSAGE_MAX, &st->parts);
-			}
-			st->channel_id = lhd_getattr_text(r, 5);
-			st->channel_cached = (st->channel_id != NULL);
-			t->state = st;
-			MemoryContextSwitchTo(old);
-		}
-	}
+	lhd_tasks_load(tasks, &plan, dm_fill);
 }
 
 static void

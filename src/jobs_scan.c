@@ -38,6 +38,21 @@ typedef struct MemberScan
 	char	   *last_id;
 } MemberScan;
 
+static void
+scan_fill(LhdTask *t, int r)
+{
+	MemberScan *st = palloc0(sizeof(MemberScan));
+	bool		isnull;
+	Datum		d;
+
+	d = lhd_getattr(r, 2, &isnull);
+	st->snapshot_id = isnull ? 0 : DatumGetInt64(d);
+	st->after = lhd_getattr_text(r, 3);
+	d = lhd_getattr(r, 4, &isnull);
+	st->complete = !isnull && DatumGetBool(d);
+	t->state = st;
+}
+
 void
 lhd_scan_prepare(LhdEngine *e, List *tasks)
 {
@@ -48,42 +63,8 @@ lhd_scan_prepare(LhdEngine *e, List *tasks)
 		.nargs = 1,
 		.argtypes = {INT8ARRAYOID}
 	};
-	int			n = list_length(tasks);
-	Datum	   *ids = palloc(sizeof(Datum) * n);
-	Datum		values[1];
-	ListCell   *lc;
-	int			i = 0;
-	int			rows;
 
-	foreach(lc, tasks)
-		ids[i++] = Int64GetDatum(((LhdTask *) lfirst(lc))->job_id);
-	values[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
-	rows = lhd_exec(&plan, values, NULL, true, 0);
-	for (int r = 0; r < rows; r++)
-	{
-		bool		isnull;
-		int64		id = DatumGetInt64(lhd_getattr(r, 1, &isnull));
-
-		foreach(lc, tasks)
-		{
-			LhdTask    *t = lfirst(lc);
-			MemoryContext old;
-			MemberScan  *st;
-			Datum		d;
-
-			if (t->job_id != id)
-				continue;
-			old = MemoryContextSwitchTo(t->cxt);
-			st = palloc0(sizeof(MemberScan));
-			d = lhd_getattr(r, 2, &isnull);
-			st->snapshot_id = isnull ? 0 : DatumGetInt64(d);
-			st->after = lhd_getattr_text(r, 3);
-			d = lhd_getattr(r, 4, &isnull);
-			st->complete = !isnull && DatumGetBool(d);
-			t->state = st;
-			MemoryContextSwitchTo(old);
-		}
-	}
+	lhd_tasks_load(tasks, &plan, scan_fill);
 }
 
 void

@@ -189,6 +189,8 @@ extern void lhd_engine_transport(LhdEngine *e, int max_wait_ms);
 extern void lhd_engine_dispatch(LhdEngine *e);
 extern int	lhd_engine_record(LhdEngine *e);
 extern void lhd_engine_check_stalled(LhdEngine *e);
+struct LhdPlan;
+extern void lhd_tasks_load(List *tasks, struct LhdPlan *plan, void (*fill) (LhdTask *t, int row));
 extern int	lhd_drain(bool in_worker, int max_jobs);
 extern void lhd_unit_begin(LhdEngine *e);
 extern void lhd_unit_end(LhdEngine *e);
