@@ -46,13 +46,6 @@ PG_FUNCTION_INFO_V1(account_tokens);
 
 #define ACCOUNT_COLUMNS "id, user_id, discord_user_id, username, global_name, status"
 
-/* Additional authenticated data binding a token ciphertext to its place. */
-static char *
-token_aad(const char *column, const char *discord_user_id)
-{
-	return psprintf("lhdiscord:%s:%s", column, discord_user_id);
-}
-
 static void
 raise_no_user(int64 user_id)
 {
@@ -163,8 +156,8 @@ check_gate(int64 user_id, bool lock)
  * "SELECT * / RETURNING *" over discord_accounts, with the token columns
  * replaced by NULL.  The tuple is formed in `cxt` so it survives SPI_finish.
  */
-static HeapTuple
-account_tuple_masked(TupleDesc resultdesc, int row, MemoryContext cxt)
+HeapTuple
+lhd_account_tuple(TupleDesc resultdesc, int row, MemoryContext cxt)
 {
 	TupleDesc	spidesc = SPI_tuptable->tupdesc;
 	MemoryContext old = MemoryContextSwitchTo(cxt);
@@ -213,6 +206,43 @@ account_json(int64 account_id, const char *discord_user_id, const char *username
 	return buf.data;
 }
 
+/*
+ * The link gate, the account limit and (when given) the duplicate check,
+ * with link_account's exact errors.  Takes the user's row lock.
+ */
+void
+lhd_require_can_link(int64 user_id, const char *discord_user_id)
+{
+	static LhdPlan dup_plan = {
+		.sql = "SELECT 1 FROM lhdiscord.discord_accounts WHERE discord_user_id = $1",
+		.nargs = 1,
+		.argtypes = {TEXTOID}
+	};
+	GateResult	g = check_gate(user_id, true);
+
+	if (!g.exists)
+		raise_no_user(user_id);
+	if (!g.eligible)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg(MSG_NOT_ELIGIBLE),
+				 errdetail("Linking requires membership level traveler or above and not being in the brig.")));
+	if (g.accounts >= lhd_max_discord_accounts)
+		ereport(ERROR,
+				(errcode(ERRCODE_CHECK_VIOLATION),
+				 errmsg(MSG_LIMIT),
+				 errdetail("The limit is %d (lhdiscord.max_discord_accounts).", lhd_max_discord_accounts)));
+	if (discord_user_id)
+	{
+		Datum		values[1] = {CStringGetTextDatum(discord_user_id)};
+
+		if (lhd_exec(&dup_plan, values, NULL, false, 1) > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNIQUE_VIOLATION),
+					 errmsg(MSG_DUPLICATE)));
+	}
+}
+
 /* can_link(user_id bigint) -> boolean */
 Datum
 can_link(PG_FUNCTION_ARGS)
@@ -234,11 +264,6 @@ can_link(PG_FUNCTION_ARGS)
 Datum
 link_account(PG_FUNCTION_ARGS)
 {
-	static LhdPlan dup_plan = {
-		.sql = "SELECT 1 FROM lhdiscord.discord_accounts WHERE discord_user_id = $1",
-		.nargs = 1,
-		.argtypes = {TEXTOID}
-	};
 	static LhdPlan insert_plan = {
 		.sql = "INSERT INTO lhdiscord.discord_accounts "
 		"(user_id, discord_user_id, username, global_name, avatar_hash, "
@@ -257,7 +282,6 @@ link_account(PG_FUNCTION_ARGS)
 	char	   *avatar_hash = NULL;
 	char	   *access_token = NULL;
 	char	   *refresh_token = NULL;
-	GateResult	g;
 	Datum		values[8];
 	char		nulls[8];
 	HeapTuple	result;
@@ -320,24 +344,7 @@ link_account(PG_FUNCTION_ARGS)
 	SPI_connect();
 
 	/* The gate, then the account limit, then duplicates (spec order). */
-	g = check_gate(user_id, true);
-	if (!g.exists)
-		raise_no_user(user_id);
-	if (!g.eligible)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg(MSG_NOT_ELIGIBLE),
-				 errdetail("Linking requires membership level traveler or above and not being in the brig.")));
-	if (g.accounts >= lhd_max_discord_accounts)
-		ereport(ERROR,
-				(errcode(ERRCODE_CHECK_VIOLATION),
-				 errmsg(MSG_LIMIT),
-				 errdetail("The limit is %d (lhdiscord.max_discord_accounts).", lhd_max_discord_accounts)));
-	values[0] = CStringGetTextDatum(discord_user_id);
-	if (lhd_exec(&dup_plan, values, NULL, false, 1) > 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNIQUE_VIOLATION),
-				 errmsg(MSG_DUPLICATE)));
+	lhd_require_can_link(user_id, discord_user_id);
 
 	if ((access_token || refresh_token) && !lhd_encryption_key_configured())
 		ereport(ERROR,
@@ -359,12 +366,12 @@ link_account(PG_FUNCTION_ARGS)
 		nulls[4] = 'n';
 	if (access_token)
 		values[5] = PointerGetDatum(lhd_encrypt_token(access_token,
-													  token_aad("access_token", discord_user_id)));
+													  lhd_token_aad("access_token", discord_user_id)));
 	else
 		nulls[5] = 'n';
 	if (refresh_token)
 		values[6] = PointerGetDatum(lhd_encrypt_token(refresh_token,
-													  token_aad("refresh_token", discord_user_id)));
+													  lhd_token_aad("refresh_token", discord_user_id)));
 	else
 		nulls[6] = 'n';
 	if (!PG_ARGISNULL(7))
@@ -392,7 +399,7 @@ link_account(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNIQUE_VIOLATION),
 				 errmsg(MSG_DUPLICATE)));
 	account_id = DatumGetInt64(lhd_getattr(0, 1, &isnull));
-	result = account_tuple_masked(resultdesc, 0, callercxt);
+	result = lhd_account_tuple(resultdesc, 0, callercxt);
 
 	/*
 	 * Sync all permissions: queue this Discord user's convergence (the
@@ -591,7 +598,7 @@ accounts_of(PG_FUNCTION_ARGS)
 	n = lhd_exec(&plan, values, NULL, true, 0);
 	for (int i = 0; i < n; i++)
 	{
-		HeapTuple	tuple = account_tuple_masked(rsinfo->setDesc, i,
+		HeapTuple	tuple = lhd_account_tuple(rsinfo->setDesc, i,
 												 rsinfo->econtext->ecxt_per_query_memory);
 
 		tuplestore_puttuple(rsinfo->setResult, tuple);
@@ -716,7 +723,7 @@ account_tokens(PG_FUNCTION_ARGS)
 		if (!isnull)
 		{
 			char	   *plain = lhd_decrypt_token(DatumGetByteaPP(d),
-												  token_aad(col == 0 ? "access_token" : "refresh_token",
+												  lhd_token_aad(col == 0 ? "access_token" : "refresh_token",
 															discord_user_id));
 			MemoryContext old = MemoryContextSwitchTo(callercxt);
 

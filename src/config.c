@@ -46,6 +46,8 @@ int			lhd_global_rate_limit = 50;
 int			lhd_invalid_request_budget = 2000;
 int			lhd_poll_interval = 60;
 int			lhd_outbox_retention = 7 * 24 * 3600;
+int			lhd_oauth_state_ttl = 600;
+int			lhd_token_refresh_margin = 86400;
 int			lhd_max_attempts = 10;
 int			lhd_retry_base_ms = 1000;
 int			lhd_retry_max_delay = 300;
@@ -488,6 +490,24 @@ lhd_define_gucs(void)
 							NULL,
 							&lhd_outbox_retention,
 							7 * 24 * 3600, 0, INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("lhdiscord.oauth_state_ttl",
+							"Lifetime of the single-use state begin_oauth() issues.",
+							NULL,
+							&lhd_oauth_state_ttl,
+							600, 30, 86400,
+							PGC_SUSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("lhdiscord.token_refresh_margin",
+							"OAuth tokens expiring within this time are refreshed by the worker.",
+							NULL,
+							&lhd_token_refresh_margin,
+							86400, 60, 30 * 86400,
 							PGC_SUSET,
 							GUC_UNIT_S,
 							NULL, NULL, NULL);

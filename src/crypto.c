@@ -141,12 +141,11 @@ lhd_encrypt_token(const char *plaintext, const char *aad)
 }
 
 /*
- * Decrypt an envelope written by lhd_encrypt_token with the same aad.
- * Raises (without revealing anything) when the key is wrong or the value was
- * tampered with or moved.
+ * Decrypt an envelope; NULL (never an ERROR, never a message) when the key
+ * is missing or wrong, or the value was altered or moved.
  */
-char *
-lhd_decrypt_token(bytea *ciphertext, const char *aad)
+static char *
+decrypt_envelope(bytea *ciphertext, const char *aad)
 {
 	unsigned char key[KEY_LEN];
 	const unsigned char *in = (const unsigned char *) VARDATA_ANY(ciphertext);
@@ -157,10 +156,8 @@ lhd_decrypt_token(bytea *ciphertext, const char *aad)
 	int			len = 0;
 	int			ok;
 
-	if (inlen < HEADER_LEN || in[0] != ENVELOPE_VERSION)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("stored token has an unknown format")));
+	if (inlen < HEADER_LEN || in[0] != ENVELOPE_VERSION || !lhd_encryption_key_configured())
+		return NULL;
 	load_key(key);
 	ctlen = inlen - HEADER_LEN;
 	plain = palloc(ctlen + 1);
@@ -180,11 +177,47 @@ lhd_decrypt_token(bytea *ciphertext, const char *aad)
 	if (!ok)
 	{
 		OPENSSL_cleanse(plain, ctlen + 1);
+		pfree(plain);
+		return NULL;
+	}
+	plain[ctlen] = '\0';
+	return plain;
+}
+
+/* For the worker: NULL instead of an error. */
+char *
+lhd_decrypt_token_soft(bytea *ciphertext, const char *aad)
+{
+	return decrypt_envelope(ciphertext, aad);
+}
+
+/*
+ * Decrypt an envelope written by lhd_encrypt_token with the same aad.
+ * Raises (without revealing anything) when the key is missing or wrong, or
+ * the value was tampered with or moved.
+ */
+char *
+lhd_decrypt_token(bytea *ciphertext, const char *aad)
+{
+	char	   *plain;
+
+	if (!lhd_encryption_key_configured())
+		load_key(NULL);			/* raises "lhdiscord.encryption_key is not set" */
+	plain = decrypt_envelope(ciphertext, aad);
+	if (plain == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
 				 errmsg("stored token could not be decrypted"),
 				 errdetail("The encryption key differs from the one used to store it, or the value was altered.")));
-	}
-	plain[ctlen] = '\0';
 	return plain;
+}
+
+/*
+ * Additional authenticated data binding a token ciphertext to its account
+ * and column: a ciphertext moved elsewhere does not decrypt.
+ */
+char *
+lhd_token_aad(const char *column, const char *discord_user_id)
+{
+	return psprintf("lhdiscord:%s:%s", column, discord_user_id);
 }

@@ -102,8 +102,8 @@ static const KindOps kind_ops[] = {
 	[LHD_JOB_ROLES] = {lhd_roles_prepare, lhd_roles_start, lhd_roles_response, lhd_roles_record},
 	[LHD_JOB_DM] = {lhd_dm_prepare, lhd_dm_start, lhd_dm_response, lhd_dm_record},
 	[LHD_JOB_MEMBER_SCAN] = {lhd_scan_prepare, lhd_scan_start, lhd_scan_response, lhd_scan_record},
-	[LHD_JOB_GUILD_JOIN] = {NULL, NULL, NULL, NULL},
-	[LHD_JOB_TOKEN_REFRESH] = {NULL, NULL, NULL, NULL},
+	[LHD_JOB_GUILD_JOIN] = {lhd_join_prepare, lhd_join_start, lhd_join_response, lhd_join_record},
+	[LHD_JOB_TOKEN_REFRESH] = {lhd_refresh_prepare, lhd_refresh_start, lhd_refresh_response, lhd_refresh_record},
 	[LHD_JOB_UNKNOWN] = {NULL, NULL, NULL, NULL},
 };
 
@@ -372,6 +372,11 @@ lhd_engine_claim(LhdEngine *e, int limit)
 		"          SELECT 1 FROM lhdiscord.outbox p "
 		"           WHERE p.kind = 'dm' AND p.discord_user_id = j.discord_user_id "
 		"             AND (p.state = 'in_flight' OR (p.state = 'pending' AND p.id < j.id)))) "
+		/* A member's roles wait until its guild join is done. */
+		"     AND (kind <> 'roles' OR NOT EXISTS ("
+		"          SELECT 1 FROM lhdiscord.outbox g "
+		"           WHERE g.kind = 'guild_join' AND g.discord_user_id = j.discord_user_id "
+		"             AND g.state IN ('pending', 'in_flight'))) "
 		"   ORDER BY run_after, id LIMIT $1 FOR UPDATE SKIP LOCKED) "
 		"UPDATE lhdiscord.outbox o SET state = 'in_flight', attempts = o.attempts + 1, "
 		"       claimed_by = pg_backend_pid(), claimed_at = now(), updated_at = now() "

@@ -165,6 +165,9 @@ transfer_free(Transfer *t)
 		curl_easy_cleanup(t->easy);
 	if (t->headers)
 		curl_slist_free_all(t->headers);
+	/* Responses may hold OAuth tokens: wipe before freeing. */
+	if (t->buf)
+		explicit_bzero(t->buf, t->cap);
 	free(t->buf);
 	free(t);
 }
@@ -245,30 +248,20 @@ add_header(struct curl_slist *list, const char *line)
 	return n;
 }
 
+/*
+ * Set up a transfer's easy handle for request r: URL, method, headers,
+ * body, timeouts.  The caller owns t (and must have linked it where its
+ * cleanup will find it).
+ */
 static void
-start_transfer(LhdEngine *e, LhdHttp *h, LhdRequest *r)
+setup_transfer(Transfer *t, LhdRequest *r, const char *user_agent)
 {
-	Transfer   *t = calloc(1, sizeof(Transfer));
-	CURL	   *c;
+	CURL	   *c = t->easy;
 	char	   *url;
 	char	   *line;
 
-	if (t == NULL)
-		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
-	c = t->easy = curl_easy_init();
-	if (c == NULL)
-	{
-		free(t);
-		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
-	}
 	t->r = r;
 	t->rh.retry_after = -1;
-	/* Link first, so cleanup finds it whatever happens next. */
-	t->next = h->active.next;
-	t->prev = &h->active;
-	h->active.next->prev = t;
-	h->active.next = t;
-
 	url = psprintf("%s%s%s%s", lhd_api_base_url, r->path,
 				   r->query ? "?" : "", r->query ? r->query : "");
 	curl_easy_setopt(c, CURLOPT_URL, url);
@@ -286,7 +279,7 @@ start_transfer(LhdEngine *e, LhdHttp *h, LhdRequest *r)
 	curl_easy_setopt(c, CURLOPT_HEADERDATA, t);
 	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, t->errbuf);
 
-	t->headers = add_header(t->headers, h->user_agent);
+	t->headers = add_header(t->headers, user_agent);
 	if (r->auth == LHD_AUTH_BOT)
 	{
 		line = psprintf("Authorization: Bot %s", lhd_bot_token);
@@ -332,8 +325,37 @@ start_transfer(LhdEngine *e, LhdHttp *h, LhdRequest *r)
 			break;
 	}
 	curl_easy_setopt(c, CURLOPT_HTTPHEADER, t->headers);
+}
 
-	if (curl_multi_add_handle(h->multi, c) != CURLM_OK)
+static Transfer *
+transfer_new(void)
+{
+	Transfer   *t = calloc(1, sizeof(Transfer));
+
+	if (t == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+	t->easy = curl_easy_init();
+	if (t->easy == NULL)
+	{
+		free(t);
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+	}
+	return t;
+}
+
+static void
+start_transfer(LhdEngine *e, LhdHttp *h, LhdRequest *r)
+{
+	Transfer   *t = transfer_new();
+
+	/* Link first, so cleanup finds it whatever happens next. */
+	t->next = h->active.next;
+	t->prev = &h->active;
+	h->active.next->prev = t;
+	h->active.next = t;
+	setup_transfer(t, r, h->user_agent);
+
+	if (curl_multi_add_handle(h->multi, t->easy) != CURLM_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_SYSTEM_ERROR),
 				 errmsg("lhdiscord: could not start a Discord request")));
@@ -550,4 +572,89 @@ lhd_http_invalid_count(LhdEngine *e, bool *throttled)
 	n = lhd_limiter_invalid_count(h->limiter, now_ms());
 	*throttled = n >= lhd_invalid_request_budget / 2;
 	return n;
+}
+
+/*
+ * Perform one request synchronously in the calling backend (OAuth during
+ * complete_oauth()).  Bounded by lhdiscord.request_timeout, interruptible
+ * (query cancel, statement_timeout, shutdown) every 100 ms, and leak-free:
+ * curl resources are released however this function is left.  Sets
+ * r->status (0 on transport failure), r->resp_body, r->error.
+ */
+void
+lhd_http_sync(LhdRequest *r)
+{
+	Transfer   *volatile t = NULL;
+	CURLM	   *volatile m = NULL;
+	char		ua[256];
+
+	if (!curl_ready)
+	{
+		if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_SYSTEM_ERROR),
+					 errmsg("lhdiscord: could not initialise libcurl")));
+		curl_ready = true;
+	}
+	snprintf(ua, sizeof(ua), "User-Agent: DiscordBot (%s, %s)", LHD_PROJECT_URL, LHD_VERSION);
+	PG_TRY();
+	{
+		CURLMsg    *msg = NULL;
+		int			running = 1;
+		int			left;
+
+		m = curl_multi_init();
+		if (m == NULL)
+			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+		t = transfer_new();
+		setup_transfer(t, r, ua);
+		curl_multi_add_handle(m, t->easy);
+		while (running)
+		{
+			curl_multi_perform(m, &running);
+			if (!running)
+				break;
+			pgstat_report_wait_start(PG_WAIT_EXTENSION);
+			curl_multi_poll(m, NULL, 0, 100, NULL);
+			pgstat_report_wait_end();
+			CHECK_FOR_INTERRUPTS();
+		}
+		while ((msg = curl_multi_info_read(m, &left)) != NULL)
+		{
+			long		status = 0;
+
+			if (msg->msg != CURLMSG_DONE)
+				continue;
+			if (msg->data.result != CURLE_OK)
+			{
+				r->status = 0;
+				r->error = pstrdup(t->errbuf[0] ? t->errbuf : curl_easy_strerror(msg->data.result));
+			}
+			else
+			{
+				LhdJsonError err;
+
+				curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+				r->status = status;
+				r->resp_body = t->buf ? pstrdup(t->buf) : NULL;
+				if (status >= 400 && lhd_json_parse_error(t->buf, &err))
+				{
+					r->discord_code = err.code;
+					r->error = err.oauth_error ? err.oauth_error : err.message;
+				}
+			}
+		}
+	}
+	PG_FINALLY();
+	{
+		if (t != NULL)
+		{
+			if (m != NULL)
+				curl_multi_remove_handle(m, t->easy);
+			transfer_free(t);
+		}
+		if (m != NULL)
+			curl_multi_cleanup(m);
+	}
+	PG_END_TRY();
 }

@@ -232,11 +232,23 @@ extern void lhd_scan_start(LhdEngine *e, LhdTask *t);
 extern void lhd_scan_response(LhdEngine *e, LhdTask *t, LhdRequest *r);
 extern void lhd_scan_record(LhdEngine *e, List *tasks);
 
+/* jobs_oauth.c */
+extern void lhd_join_prepare(LhdEngine *e, List *tasks);
+extern void lhd_join_start(LhdEngine *e, LhdTask *t);
+extern void lhd_join_response(LhdEngine *e, LhdTask *t, LhdRequest *r);
+extern void lhd_join_record(LhdEngine *e, List *tasks);
+extern void lhd_refresh_prepare(LhdEngine *e, List *tasks);
+extern void lhd_refresh_start(LhdEngine *e, LhdTask *t);
+extern void lhd_refresh_response(LhdEngine *e, LhdTask *t, LhdRequest *r);
+extern void lhd_refresh_record(LhdEngine *e, List *tasks);
+extern int	lhd_queue_token_refreshes(void);
+
 /* fake.c */
 extern void lhd_fake_execute(LhdEngine *e);
 
 /* http.c */
 extern void lhd_http_step(LhdEngine *e, int max_wait_ms);
 extern int	lhd_http_invalid_count(LhdEngine *e, bool *throttled);
+extern void lhd_http_sync(LhdRequest *r);
 
 #endif							/* LHD_ENGINE_H */

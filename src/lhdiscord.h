@@ -18,10 +18,12 @@
 
 #include "postgres.h"
 
+#include "access/htup.h"
+#include "access/tupdesc.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 
-#define LHD_VERSION		"0.4.0"
+#define LHD_VERSION		"0.5.0"
 #define LHD_SCHEMA		"lhdiscord"
 #define LHD_PROJECT_URL	"https://github.com/lighthouse-portal/lhdiscord"
 
@@ -69,6 +71,8 @@ extern int	lhd_global_rate_limit;
 extern int	lhd_invalid_request_budget;
 extern int	lhd_poll_interval;
 extern int	lhd_outbox_retention;
+extern int	lhd_oauth_state_ttl;
+extern int	lhd_token_refresh_margin;
 extern int	lhd_max_attempts;
 extern int	lhd_retry_base_ms;
 extern int	lhd_retry_max_delay;
@@ -147,13 +151,17 @@ extern bool lhd_account_dml_end(void);
 
 extern bytea *lhd_encrypt_token(const char *plaintext, const char *aad);
 extern char *lhd_decrypt_token(bytea *ciphertext, const char *aad);
+extern char *lhd_decrypt_token_soft(bytea *ciphertext, const char *aad);
 extern bool lhd_encryption_key_configured(void);
 extern void lhd_random_bytes(unsigned char *buf, size_t len);
 extern char *lhd_random_token(size_t nbytes);
 extern char *lhd_sha256_hex(const char *data, size_t len);
+extern char *lhd_token_aad(const char *column, const char *discord_user_id);
 
 /* ---------- accounts.c ---------- */
 
 extern bool lhd_user_is_admin(int64 user_id);
+extern void lhd_require_can_link(int64 user_id, const char *discord_user_id);
+extern HeapTuple lhd_account_tuple(TupleDesc resultdesc, int row, MemoryContext cxt);
 
 #endif							/* LHDISCORD_H */

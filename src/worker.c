@@ -10,7 +10,9 @@
  * outbox in a pipeline -- claim in a short transaction, send over HTTP with
  * no transaction open, record outcomes in another short transaction -- and
  * do housekeeping: give back jobs claimed by a process that died (crash,
- * kill -9, failover), prune finished jobs after lhdiscord.outbox_retention.
+ * kill -9, failover), prune finished jobs after lhdiscord.outbox_retention,
+ * queue refreshes of OAuth tokens close to expiry, and run the scheduled
+ * reconcile.
  *
  * Errors inside the loop are caught (sigsetjmp, as PostgreSQL's own
  * auxiliary processes do): the transaction is aborted, the worker gives
@@ -147,7 +149,7 @@ extension_ready(void)
 /* ---------- housekeeping ---------- */
 
 static void
-reclaim_and_prune(void *arg)
+housekeeping(void *arg)
 {
 	static LhdPlan reclaim_plan = {
 		/*
@@ -169,6 +171,7 @@ reclaim_and_prune(void *arg)
 				(errmsg("lhdiscord worker: %d outbox job(s) claimed by an ended process were queued again",
 						reclaimed)));
 	lhd_prune_outbox(lhd_outbox_retention);
+	lhd_queue_token_refreshes();
 }
 
 static void
@@ -347,7 +350,7 @@ worker_iteration(void)
 	}
 	if (now_ms() >= next_housekeeping)
 	{
-		in_transaction(reclaim_and_prune, NULL);
+		in_transaction(housekeeping, NULL);
 		next_housekeeping = now_ms() + HOUSEKEEPING_MS;
 	}
 	run_burst();

@@ -70,9 +70,12 @@ UPDATE lhdiscord.users SET in_brig = false WHERE user_id = 1;
 SELECT public.wait_for_worker();
 RESET ROLE;
 
--- A DM, as a DBA would queue one by hand (notify() does this for the app).
-INSERT INTO lhdiscord.outbox (kind, discord_user_id, payload)
-  VALUES ('dm', '112233445566778899', '{"content": "Welcome aboard, Alice!"}');
+-- A notification as a Discord DM: Alice wants DMs; a long one is split.
+SET ROLE portal;
+UPDATE lhdiscord.users SET notify_discord = true WHERE user_id = 1;
+SELECT lhdiscord.notify(1, 'UserPromotedToResidentNotification', 'Welcome aboard, Alice!') AS queued;
+SELECT lhdiscord.notify(1, 'TicketDigestNotification', 'digests are email only') AS not_a_dm;
+RESET ROLE;
 SELECT public.wait_for_worker();
 
 -- Entitlement: the worker scans the guild (paginated) into a snapshot, then

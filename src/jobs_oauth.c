@@ -1,0 +1,327 @@
+/*-------------------------------------------------------------------------
+ *
+ * jobs_oauth.c
+ *	  Outbox jobs that use a member's OAuth tokens: guild join, token refresh.
+ *
+ * guild_join: PUT /guilds/{id}/members/{user} with the member's access
+ * token (scope guilds.join); 201 (added) and 204 (already a member) both
+ * succeed, and the member's role convergence is queued -- role jobs of a
+ * Discord user wait while its join is pending, so roles land after the join.
+ *
+ * token_refresh: POST /oauth2/token with grant_type=refresh_token for an
+ * account whose token expires within lhdiscord.token_refresh_margin (the
+ * worker queues these); the new tokens are encrypted into the account.  A
+ * refresh that fails for good marks the account's tokens stale; the account
+ * stays linked.
+ *
+ * Tokens are decrypted in the claim unit (never raising: a token that does
+ * not decrypt just fails its job), sent as secret bodies (never recorded or
+ * logged), and wiped when used.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "utils/builtins.h"
+
+#include "lhdiscord.h"
+#include "lhd_engine.h"
+#include "lhd_json.h"
+
+typedef struct TokenJob
+{
+	int64		account_id;		/* 0 = the account is gone */
+	char	   *token;			/* decrypted access or refresh token */
+	/* refresh results */
+	char	   *new_access;
+	char	   *new_refresh;
+	long		expires_in;
+} TokenJob;
+
+static void
+wipe(char *s)
+{
+	if (s)
+		explicit_bzero(s, strlen(s));
+}
+
+/* Load the account and decrypt one token column ($1 = job ids). */
+static void
+token_fill(LhdTask *t, int r, const char *column)
+{
+	TokenJob   *st = palloc0(sizeof(TokenJob));
+	bool		isnull;
+	Datum		d;
+
+	d = lhd_getattr(r, 2, &isnull);
+	st->account_id = isnull ? 0 : DatumGetInt64(d);
+	d = lhd_getattr(r, 3, &isnull);
+	if (!isnull && st->account_id != 0)
+		st->token = lhd_decrypt_token_soft(DatumGetByteaPP(d),
+										   lhd_token_aad(column, t->discord_user_id));
+	t->state = st;
+}
+
+static void
+access_fill(LhdTask *t, int r)
+{
+	token_fill(t, r, "access_token");
+}
+
+static void
+refresh_fill(LhdTask *t, int r)
+{
+	token_fill(t, r, "refresh_token");
+}
+
+#define TOKEN_JOB_SQL(column) \
+	"SELECT o.id, a.id, a." column " FROM lhdiscord.outbox o " \
+	"LEFT JOIN lhdiscord.discord_accounts a " \
+	"       ON a.id = (o.payload->>'account_id')::bigint AND a.discord_user_id = o.discord_user_id " \
+	"WHERE o.id = ANY ($1::bigint[])"
+
+/* ---------- guild join ---------- */
+
+void
+lhd_join_prepare(LhdEngine *e, List *tasks)
+{
+	static LhdPlan plan = {
+		.sql = TOKEN_JOB_SQL("access_token"),
+		.nargs = 1,
+		.argtypes = {INT8ARRAYOID}
+	};
+
+	lhd_tasks_load(tasks, &plan, access_fill);
+}
+
+void
+lhd_join_start(LhdEngine *e, LhdTask *t)
+{
+	TokenJob   *st = t->state;
+	LhdRequest *r;
+
+	if (st == NULL || st->account_id == 0)
+	{
+		lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "the Discord account is no longer linked");
+		return;
+	}
+	if (st->token == NULL)
+	{
+		lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "no usable access token (missing, or it does not decrypt)");
+		return;
+	}
+	if (e->guild_id[0] == '\0')
+	{
+		lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "lhdiscord.guild_id is not set");
+		return;
+	}
+	r = lhd_task_request(t, LHD_OP_MEMBER_ADD, "/guilds/%s/members/%s", e->guild_id, t->discord_user_id);
+	r->body = lhd_json_join_body(st->token);
+	r->content_type = "application/json";
+	r->body_secret = true;
+	wipe(st->token);
+	lhd_task_send(e, t, r);
+}
+
+void
+lhd_join_response(LhdEngine *e, LhdTask *t, LhdRequest *r)
+{
+	if (r->body)
+		wipe(r->body);
+	/* 201 Created: added; 204 No Content: already a member. */
+	if (lhd_response_ok(r))
+		lhd_task_finish(e, t, LHD_OUT_DONE, r->status, NULL);
+	else
+		lhd_task_finish_from(e, t, r);
+}
+
+void
+lhd_join_record(LhdEngine *e, List *tasks)
+{
+	ListCell   *lc;
+
+	foreach(lc, tasks)
+	{
+		LhdTask    *t = lfirst(lc);
+
+		if (t->outcome == LHD_OUT_DONE)
+			lhd_enqueue_convergence(t->discord_user_id, t->user_id, "Joined the guild");
+	}
+}
+
+/* ---------- token refresh ---------- */
+
+void
+lhd_refresh_prepare(LhdEngine *e, List *tasks)
+{
+	static LhdPlan plan = {
+		.sql = TOKEN_JOB_SQL("refresh_token"),
+		.nargs = 1,
+		.argtypes = {INT8ARRAYOID}
+	};
+
+	lhd_tasks_load(tasks, &plan, refresh_fill);
+}
+
+static void
+append_form(StringInfo buf, const char *name, const char *value)
+{
+	if (buf->len > 0)
+		appendStringInfoChar(buf, '&');
+	appendStringInfo(buf, "%s=", name);
+	for (const unsigned char *p = (const unsigned char *) value; *p; p++)
+	{
+		if ((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+			*p == '-' || *p == '.' || *p == '_' || *p == '~')
+			appendStringInfoChar(buf, (char) *p);
+		else
+			appendStringInfo(buf, "%%%02X", *p);
+	}
+}
+
+void
+lhd_refresh_start(LhdEngine *e, LhdTask *t)
+{
+	TokenJob   *st = t->state;
+	LhdRequest *r;
+	StringInfoData form;
+
+	if (st == NULL || st->account_id == 0)
+	{
+		lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "the Discord account is no longer linked");
+		return;
+	}
+	if (st->token == NULL)
+	{
+		lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "no usable refresh token (missing, or it does not decrypt)");
+		return;
+	}
+	if (lhd_client_id[0] == '\0' || lhd_client_secret[0] == '\0')
+	{
+		lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "lhdiscord.client_id and client_secret are not set");
+		return;
+	}
+	r = lhd_task_request(t, LHD_OP_OAUTH_TOKEN, "/oauth2/token");
+	initStringInfo(&form);
+	append_form(&form, "grant_type", "refresh_token");
+	append_form(&form, "refresh_token", st->token);
+	append_form(&form, "client_id", lhd_client_id);
+	append_form(&form, "client_secret", lhd_client_secret);
+	wipe(st->token);
+	r->body = form.data;
+	r->content_type = "application/x-www-form-urlencoded";
+	r->body_secret = true;
+	r->auth = LHD_AUTH_NONE;
+	r->reason = NULL;
+	lhd_task_send(e, t, r);
+}
+
+void
+lhd_refresh_response(LhdEngine *e, LhdTask *t, LhdRequest *r)
+{
+	TokenJob   *st = t->state;
+	LhdJsonToken tok;
+
+	if (r->body)
+		wipe(r->body);
+	if (!lhd_response_ok(r))
+	{
+		lhd_task_finish_from(e, t, r);
+		return;
+	}
+	if (!lhd_json_parse_token(r->resp_body, &tok))
+	{
+		wipe(r->resp_body);
+		lhd_task_finish(e, t, LHD_OUT_FAILED, r->status, "malformed token response");
+		return;
+	}
+	wipe(r->resp_body);
+	st->new_access = MemoryContextStrdup(t->cxt, tok.access_token);
+	st->new_refresh = tok.refresh_token ? MemoryContextStrdup(t->cxt, tok.refresh_token) : NULL;
+	st->expires_in = tok.expires_in > 0 ? tok.expires_in : 604800;
+	wipe(tok.access_token);
+	wipe(tok.refresh_token);
+	lhd_task_finish(e, t, LHD_OUT_DONE, r->status, NULL);
+}
+
+void
+lhd_refresh_record(LhdEngine *e, List *tasks)
+{
+	static LhdPlan store_plan = {
+		.sql = "UPDATE lhdiscord.discord_accounts SET access_token = $2, "
+		"       refresh_token = coalesce($3, refresh_token), "
+		"       token_expires_at = now() + $4 * interval '1 second', "
+		"       tokens_stale = false, tokens_refreshed_at = now() "
+		"WHERE id = $1",
+		.nargs = 4,
+		.argtypes = {INT8OID, BYTEAOID, BYTEAOID, INT8OID}
+	};
+	static LhdPlan stale_plan = {
+		.sql = "UPDATE lhdiscord.discord_accounts SET tokens_stale = true WHERE id = $1",
+		.nargs = 1,
+		.argtypes = {INT8OID}
+	};
+	ListCell   *lc;
+
+	foreach(lc, tasks)
+	{
+		LhdTask    *t = lfirst(lc);
+		TokenJob   *st = t->state;
+
+		if (st == NULL || st->account_id == 0)
+			continue;
+		if (t->outcome == LHD_OUT_DONE && st->new_access)
+		{
+			Datum		values[4];
+			char		nulls[4] = {' ', ' ', ' ', ' '};
+
+			values[0] = Int64GetDatum(st->account_id);
+			values[1] = PointerGetDatum(lhd_encrypt_token(st->new_access,
+														  lhd_token_aad("access_token", t->discord_user_id)));
+			if (st->new_refresh)
+				values[2] = PointerGetDatum(lhd_encrypt_token(st->new_refresh,
+															  lhd_token_aad("refresh_token", t->discord_user_id)));
+			else
+				nulls[2] = 'n';
+			values[3] = Int64GetDatum(st->expires_in);
+			wipe(st->new_access);
+			wipe(st->new_refresh);
+			lhd_exec(&store_plan, values, nulls, false, 0);
+		}
+		else if (t->outcome == LHD_OUT_FAILED || t->outcome == LHD_OUT_DEAD)
+		{
+			Datum		values[1] = {Int64GetDatum(st->account_id)};
+
+			lhd_exec(&stale_plan, values, NULL, false, 0);
+		}
+	}
+}
+
+/*
+ * Queue a refresh for every account whose token expires within the margin
+ * (the worker's housekeeping calls this).  Returns the number queued.
+ */
+int
+lhd_queue_token_refreshes(void)
+{
+	static LhdPlan plan = {
+		.sql = "INSERT INTO lhdiscord.outbox (kind, discord_user_id, user_id, payload, reason) "
+		"SELECT 'token_refresh', a.discord_user_id, a.user_id, jsonb_build_object('account_id', a.id), "
+		"       'OAuth2 token refresh' "
+		"FROM lhdiscord.discord_accounts a "
+		"WHERE a.refresh_token IS NOT NULL AND NOT a.tokens_stale "
+		"  AND a.token_expires_at < now() + $1 * interval '1 second' "
+		"  AND NOT EXISTS (SELECT 1 FROM lhdiscord.outbox o "
+		"                   WHERE o.kind = 'token_refresh' AND o.discord_user_id = a.discord_user_id "
+		"                     AND o.state IN ('pending', 'in_flight'))",
+		.nargs = 1,
+		.argtypes = {INT4OID}
+	};
+	Datum		values[1] = {Int32GetDatum(lhd_token_refresh_margin)};
+
+	if (lhd_client_id == NULL || lhd_client_id[0] == '\0' ||
+		lhd_client_secret == NULL || lhd_client_secret[0] == '\0')
+		return 0;
+	return lhd_exec(&plan, values, NULL, false, 0);
+}
