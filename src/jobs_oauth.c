@@ -164,22 +164,6 @@ lhd_refresh_prepare(LhdEngine *e, List *tasks)
 	lhd_tasks_load(tasks, &plan, refresh_fill);
 }
 
-static void
-append_form(StringInfo buf, const char *name, const char *value)
-{
-	if (buf->len > 0)
-		appendStringInfoChar(buf, '&');
-	appendStringInfo(buf, "%s=", name);
-	for (const unsigned char *p = (const unsigned char *) value; *p; p++)
-	{
-		if ((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-			*p == '-' || *p == '.' || *p == '_' || *p == '~')
-			appendStringInfoChar(buf, (char) *p);
-		else
-			appendStringInfo(buf, "%%%02X", *p);
-	}
-}
-
 void
 lhd_refresh_start(LhdEngine *e, LhdTask *t)
 {
@@ -204,10 +188,10 @@ lhd_refresh_start(LhdEngine *e, LhdTask *t)
 	}
 	r = lhd_task_request(t, LHD_OP_OAUTH_TOKEN, "/oauth2/token");
 	initStringInfo(&form);
-	append_form(&form, "grant_type", "refresh_token");
-	append_form(&form, "refresh_token", st->token);
-	append_form(&form, "client_id", lhd_client_id);
-	append_form(&form, "client_secret", lhd_client_secret);
+	lhd_append_param(&form, "grant_type", "refresh_token");
+	lhd_append_param(&form, "refresh_token", st->token);
+	lhd_append_param(&form, "client_id", lhd_client_id);
+	lhd_append_param(&form, "client_secret", lhd_client_secret);
 	wipe(st->token);
 	r->body = form.data;
 	r->content_type = "application/x-www-form-urlencoded";

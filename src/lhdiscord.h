@@ -158,6 +158,10 @@ extern char *lhd_random_token(size_t nbytes);
 extern char *lhd_sha256_hex(const char *data, size_t len);
 extern char *lhd_token_aad(const char *column, const char *discord_user_id);
 
+/* ---------- oauth.c ---------- */
+
+extern void lhd_append_param(StringInfo buf, const char *name, const char *value);
+
 /* ---------- accounts.c ---------- */
 
 extern bool lhd_user_is_admin(int64 user_id);

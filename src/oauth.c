@@ -64,8 +64,12 @@ append_encoded(StringInfo buf, const char *s)
 	}
 }
 
-static void
-append_param(StringInfo buf, const char *name, const char *value)
+/*
+ * Append name=value (percent-encoded) to a query string or a form body,
+ * with '&' unless it is the first parameter.
+ */
+void
+lhd_append_param(StringInfo buf, const char *name, const char *value)
 {
 	if (buf->len > 0 && buf->data[buf->len - 1] != '?')
 		appendStringInfoChar(buf, '&');
@@ -142,11 +146,11 @@ begin_oauth(PG_FUNCTION_ARGS)
 
 	initStringInfo(&url);
 	appendStringInfo(&url, "%s/oauth2/authorize?", authorize_origin());
-	append_param(&url, "response_type", "code");
-	append_param(&url, "client_id", lhd_client_id);
-	append_param(&url, "redirect_uri", lhd_redirect_uri);
-	append_param(&url, "scope", OAUTH_SCOPES);
-	append_param(&url, "state", state);
+	lhd_append_param(&url, "response_type", "code");
+	lhd_append_param(&url, "client_id", lhd_client_id);
+	lhd_append_param(&url, "redirect_uri", lhd_redirect_uri);
+	lhd_append_param(&url, "scope", OAUTH_SCOPES);
+	lhd_append_param(&url, "state", state);
 	PG_RETURN_TEXT_P(cstring_to_text(url.data));
 }
 
@@ -267,11 +271,11 @@ complete_oauth(PG_FUNCTION_ARGS)
 
 	/* 2. Exchange the code for tokens. */
 	initStringInfo(&form);
-	append_param(&form, "grant_type", "authorization_code");
-	append_param(&form, "code", code);
-	append_param(&form, "redirect_uri", lhd_redirect_uri);
-	append_param(&form, "client_id", lhd_client_id);
-	append_param(&form, "client_secret", lhd_client_secret);
+	lhd_append_param(&form, "grant_type", "authorization_code");
+	lhd_append_param(&form, "code", code);
+	lhd_append_param(&form, "redirect_uri", lhd_redirect_uri);
+	lhd_append_param(&form, "client_id", lhd_client_id);
+	lhd_append_param(&form, "client_secret", lhd_client_secret);
 	wipe(code);
 	r = oauth_call(LHD_OP_OAUTH_TOKEN, LHD_POST, "/oauth2/token", form.data, NULL,
 				   "authorization code");
