@@ -267,6 +267,17 @@ idle_wait(int64 ms)
 	ResetLatch(MyLatch);
 }
 
+/* Invalid-request count and activity time, for lhdiscord.worker_status. */
+static void
+publish_state(void)
+{
+	bool		throttled;
+	int			invalid = lhd_http_invalid_count(engine, &throttled);
+
+	lhd_set_invalid_count(invalid, throttled);
+	lhd_worker_touch();
+}
+
 /* Drain until there is nothing due: the pipeline keeps HTTP busy. */
 static void
 run_burst(void)
@@ -274,8 +285,7 @@ run_burst(void)
 	int			max_active = Max(lhd_max_concurrency * 4, 64);
 	bool		exhausted = false;
 	int64		last_record = now_ms();
-	bool		throttled;
-	int			invalid;
+	int64		last_publish = 0;
 
 	if (engine != NULL && engine_stale && engine->active == NIL)
 	{
@@ -329,10 +339,14 @@ run_burst(void)
 			engine->requeued = false;
 			exhausted = false;
 		}
+		/* A throttled burst can last minutes: keep worker_status current. */
+		if (now_ms() - last_publish >= 250)
+		{
+			publish_state();
+			last_publish = now_ms();
+		}
 	}
-	invalid = lhd_http_invalid_count(engine, &throttled);
-	lhd_set_invalid_count(invalid, throttled);
-	lhd_worker_touch();
+	publish_state();
 }
 
 static void

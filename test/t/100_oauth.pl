@@ -94,6 +94,13 @@ my $t0 = time();
 like($err, qr/ERROR:  Discord authorization failed\.\nDETAIL:  Discord could not be reached/, 'timeout: failed');
 cmp_ok(time() - $t0, '<=', 5, 'the timeout is bounded');
 is(nothing_written(), $before, 'timeout: nothing written');
+# Query cancel (here: statement_timeout) interrupts the wait at once.
+mock_post('/_mock/faults', { method => 'POST', path => '/oauth2/token', hang => JSON::PP::true, count => 1 });
+$t0 = time();
+($ret, $out, $err) = complete(1, $code, $state, 'SET statement_timeout = 500; SET lhdiscord.request_timeout = 60000; ');
+like($err, qr/ERROR:  canceling statement due to statement timeout/, 'cancel honoured during the exchange');
+cmp_ok(time() - $t0, '<=', 3, 'cancelled well before the request timeout');
+is(nothing_written(), $before, 'cancelled: nothing written');
 mock_delete('/_mock/faults');
 
 # The happy path (the state survived the failures: they wrote nothing).
