@@ -414,11 +414,12 @@ SELECT pg_catalog.pg_extension_config_dump('lhdiscord.discord_accounts', '');
 SELECT pg_catalog.pg_extension_config_dump('lhdiscord.role_map', '');
 SELECT pg_catalog.pg_extension_config_dump('lhdiscord.member_snapshots', '');
 SELECT pg_catalog.pg_extension_config_dump('lhdiscord.snapshot_members', '');
-SELECT pg_catalog.pg_extension_config_dump('lhdiscord.outbox', '');
+-- The outbox is not dumped: it is the running instance's work in progress
+-- (a restored copy must not deliver it a second time), and every restored
+-- account queues its own role convergence.
 SELECT pg_catalog.pg_extension_config_dump('lhdiscord.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('lhdiscord.break_glass', '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('lhdiscord.discord_accounts', 'id'), '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('lhdiscord.member_snapshots', 'id'), '');
-SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('lhdiscord.outbox', 'id'), '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('lhdiscord.audit_log', 'id'), '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('lhdiscord.break_glass', 'id'), '');
