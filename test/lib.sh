@@ -119,6 +119,14 @@ lhd_mock_start() {
 LHD_CLUSTERS=()
 LHD_PIDS=()
 
+# Install lhd_cleanup for every way the script can end: bash runs the EXIT
+# trap on exit and on INT/TERM only if those are trapped too (e.g. `timeout`).
+lhd_trap_cleanup() {
+	trap lhd_cleanup EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+}
+
 # Stop every server this script started; remove the scratch dir unless kept.
 lhd_cleanup() {
 	local d p
