@@ -101,11 +101,17 @@ lhd_psql() {
 lhd_mock_start() {
 	local work=$1 token=$2
 	local pf="$work/mock.port"
+	local cmd=(python3 "$work/test/mock_discord/mock_discord.py" --host 127.0.0.1 --port 0
+		--port-file "$pf" --bot-token "$token" --client-id 123456789012345678
+		--client-secret "${LHD_CLIENT_SECRET:-mock-client-secret}" --log "$work/mock.log")
 	rm -f "$pf"
-	lhd_as_pg python3 "$work/test/mock_discord/mock_discord.py" --host 127.0.0.1 --port 0 \
-		--port-file "$pf" --bot-token "$token" --client-id 123456789012345678 \
-		--client-secret "${LHD_CLIENT_SECRET:-mock-client-secret}" \
-		--log "$work/mock.log" >"$work/mock.stderr" 2>&1 &
+	# Background the command itself (not a shell function), so that $! is the
+	# process that receives our SIGTERM: runuser passes it on to the mock.
+	if [ "$(id -un)" = postgres ]; then
+		"${cmd[@]}" >"$work/mock.stderr" 2>&1 &
+	else
+		runuser -u postgres -- "${cmd[@]}" >"$work/mock.stderr" 2>&1 &
+	fi
 	LHD_MOCK_PID=$!
 	LHD_PIDS+=("$LHD_MOCK_PID")
 	for _ in $(seq 1 100); do
@@ -132,6 +138,10 @@ lhd_cleanup() {
 	local d p
 	for d in "${LHD_CLUSTERS[@]}"; do lhd_cluster_stop "$d"; done
 	for p in "${LHD_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	# Bounded wait for them to go.
+	for p in "${LHD_PIDS[@]}"; do
+		for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+	done
 	if [ -n "${LHD_WORK:-}" ] && [ -d "$LHD_WORK" ] && [ "${LHD_KEEP:-0}" != 1 ]; then
 		rm -rf "$LHD_WORK"
 	fi
