@@ -384,7 +384,8 @@ lhd_engine_claim(LhdEngine *e, int limit)
 		"RETURNING o.id, o.kind::text, o.discord_user_id, o.user_id, o.attempts, "
 		"          o.generation, o.reason, o.payload::text",
 		.nargs = 1,
-		.argtypes = {INT4OID}
+		.argtypes = {INT4OID},
+		.options = LHD_PLAN_FRESH
 	};
 	Datum		values[1];
 	int			n;
@@ -508,7 +509,8 @@ lhd_engine_record(LhdEngine *e)
 		"RETURNING o.state = 'pending' AND o.run_after <= now()",
 		.nargs = 7,
 		.argtypes = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
-		INT4ARRAYOID, BOOLARRAYOID}
+		INT4ARRAYOID, BOOLARRAYOID},
+		.options = LHD_PLAN_FRESH
 	};
 	int			n = list_length(e->finished);
 	Datum	   *ids,

@@ -147,7 +147,8 @@ lhd_dm_prepare(LhdEngine *e, List *tasks)
 		"LEFT JOIN lhdiscord.dm_channels c ON c.discord_user_id = o.discord_user_id "
 		"WHERE o.id = ANY ($1::bigint[])",
 		.nargs = 1,
-		.argtypes = {INT8ARRAYOID}
+		.argtypes = {INT8ARRAYOID},
+		.options = LHD_PLAN_FRESH
 	};
 
 	lhd_tasks_load(tasks, &plan, dm_fill);

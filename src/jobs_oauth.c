@@ -89,7 +89,8 @@ lhd_join_prepare(LhdEngine *e, List *tasks)
 	static LhdPlan plan = {
 		.sql = TOKEN_JOB_SQL("access_token"),
 		.nargs = 1,
-		.argtypes = {INT8ARRAYOID}
+		.argtypes = {INT8ARRAYOID},
+		.options = LHD_PLAN_FRESH
 	};
 
 	lhd_tasks_load(tasks, &plan, access_fill);
@@ -158,7 +159,8 @@ lhd_refresh_prepare(LhdEngine *e, List *tasks)
 	static LhdPlan plan = {
 		.sql = TOKEN_JOB_SQL("refresh_token"),
 		.nargs = 1,
-		.argtypes = {INT8ARRAYOID}
+		.argtypes = {INT8ARRAYOID},
+		.options = LHD_PLAN_FRESH
 	};
 
 	lhd_tasks_load(tasks, &plan, refresh_fill);

@@ -247,12 +247,14 @@ lhd_roles_record(LhdEngine *e, List *tasks)
 		"SELECT r.id, r.roles::text[], now() FROM unnest($1::text[], $2::text[]) AS r(id, roles) "
 		"ON CONFLICT (discord_user_id) DO UPDATE SET role_ids = EXCLUDED.role_ids, synced_at = now()",
 		.nargs = 2,
-		.argtypes = {TEXTARRAYOID, TEXTARRAYOID}
+		.argtypes = {TEXTARRAYOID, TEXTARRAYOID},
+		.options = LHD_PLAN_FRESH
 	};
 	static LhdPlan forget_plan = {
 		.sql = "DELETE FROM lhdiscord.role_state WHERE discord_user_id = ANY ($1::text[])",
 		.nargs = 1,
-		.argtypes = {TEXTARRAYOID}
+		.argtypes = {TEXTARRAYOID},
+		.options = LHD_PLAN_FRESH
 	};
 	int			n = list_length(tasks);
 	Datum	   *known_ids = palloc(sizeof(Datum) * n);

@@ -61,7 +61,8 @@ lhd_scan_prepare(LhdEngine *e, List *tasks)
 		"LEFT JOIN lhdiscord.member_snapshots s ON s.id = (o.payload->>'snapshot_id')::bigint "
 		"WHERE o.id = ANY ($1::bigint[])",
 		.nargs = 1,
-		.argtypes = {INT8ARRAYOID}
+		.argtypes = {INT8ARRAYOID},
+		.options = LHD_PLAN_FRESH
 	};
 
 	lhd_tasks_load(tasks, &plan, scan_fill);

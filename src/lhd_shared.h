@@ -20,6 +20,7 @@ typedef struct LhdShared
 	/* Protected by mutex. */
 	slock_t		mutex;
 	Latch	   *worker_latch;	/* NULL while no worker runs */
+	Oid			worker_dboid;	/* the database it serves */
 	int			worker_pid;
 	TimestampTz worker_started_at;
 	TimestampTz last_activity_at;

@@ -21,6 +21,7 @@
 #include "access/htup.h"
 #include "access/tupdesc.h"
 #include "executor/spi.h"
+#include "nodes/parsenodes.h"
 #include "lib/stringinfo.h"
 
 #define LHD_VERSION		"0.5.0"
@@ -101,7 +102,16 @@ typedef struct LhdPlan
 	const char *sql;
 	int			nargs;
 	Oid			argtypes[8];
+	int			options;		/* CURSOR_OPT_* plan-cache mode, 0 = default */
 } LhdPlan;
+
+/*
+ * Statements whose good plan depends on how big the tables are now (the
+ * outbox swings from empty to 100k rows between autoanalyze runs) are
+ * planned afresh on every execution: a generic plan cached while a table
+ * looked empty would scan it once per row.
+ */
+#define LHD_PLAN_FRESH CURSOR_OPT_CUSTOM_PLAN
 
 extern SPIPlanPtr lhd_plan(LhdPlan *p);
 extern int	lhd_exec(LhdPlan *p, Datum *values, const char *nulls,
@@ -129,11 +139,15 @@ typedef struct LhdAudit
 
 extern void lhd_audit(const LhdAudit *a);
 
+/* outbox.c (needs LhdAudit) */
+extern int	lhd_enqueue_user_convergence(int64 user_id, const char *reason,
+										 int naudits, const LhdAudit *audits);
+
 /* ---------- outbox.c ---------- */
 
 extern void lhd_enqueue_convergence(const char *discord_user_id, int64 user_id,
 									const char *reason);
-extern int	lhd_enqueue_user_convergence(int64 user_id, const char *reason);
+
 extern int64 lhd_prune_outbox(int retention_seconds);
 extern void lhd_request_worker_wake(void);
 

@@ -32,6 +32,7 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/timestamp.h"
 
@@ -234,9 +235,14 @@ access_context(PG_FUNCTION_ARGS)
 /* ---------- reconcile ---------- */
 
 /*
- * The users whose state must change.  $1 portal-leading, $2 snapshot id,
- * $3 snapshot fresh, $4 entitlement role id, $5 entitlement key,
- * $6 privileged roles (, $7 the one user).
+ * The users whose state must change, in one pass.  The filter restates the
+ * matrix's outcome in SQL only to skip unchanged users (new status differs,
+ * roles to strip, exemption to record or clear); each candidate is then
+ * decided by lhd_decide() in C.  One statement per governance mode, so the
+ * entitled set is built (and de-duplicated) once, by a hash join.
+ *
+ * Parameters: $1 snapshot id, $2 snapshot fresh, $3 entitlement role id,
+ * $4 entitlement key, $5 privileged roles (, $6 the one user).
  */
 #define CANDIDATE_COLUMNS \
 	"SELECT u.user_id, u.status::text, u.in_scope, e.entitled, " \
@@ -247,53 +253,50 @@ access_context(PG_FUNCTION_ARGS)
 	"            WHEN pr.user_id IS NOT NULL THEN 'privileged_role' END "
 
 #define CANDIDATE_FILTER \
-	"CROSS JOIN LATERAL lhdiscord.decide(u.in_scope, e.entitled, " \
-	"                                    pr.user_id IS NOT NULL OR bg.user_id IS NOT NULL) AS d(rule) " \
 	"WHERE u.status <> 'disabled' AND (" \
-	"      (CASE WHEN d.rule IN ('in_scope_entitled', 'exempt') THEN 'active' ELSE 'suspended' END) <> u.status::text " \
-	"   OR (d.rule NOT IN ('in_scope_entitled', 'exempt') " \
+	/* new status: active when in scope and entitled, or privileged */ \
+	"      ((u.in_scope AND e.entitled) OR pr.user_id IS NOT NULL OR bg.user_id IS NOT NULL) " \
+	"        <> (u.status = 'active') " \
+	/* a suspension strips the portal roles */ \
+	"   OR (NOT ((u.in_scope AND e.entitled) OR pr.user_id IS NOT NULL OR bg.user_id IS NOT NULL) " \
 	"       AND EXISTS (SELECT 1 FROM lhdiscord.user_roles r WHERE r.user_id = u.user_id)) " \
-	"   OR (d.rule = 'exempt') <> (s.exempt_since IS NOT NULL)) "
+	/* exempt now (privilege prevents a suspension) vs recorded as exempt */ \
+	"   OR (NOT (u.in_scope AND e.entitled) AND (pr.user_id IS NOT NULL OR bg.user_id IS NOT NULL)) " \
+	"        <> (s.exempt_since IS NOT NULL)) "
 
-/* All users: the sets are built once and hash-joined. */
-static LhdPlan candidates_all = {
-	.sql = CANDIDATE_COLUMNS
-	"FROM lhdiscord.users u "
-	"LEFT JOIN (SELECT DISTINCT a.user_id, true AS entitled FROM lhdiscord.discord_accounts a "
-	"             JOIN lhdiscord.snapshot_members m ON m.snapshot_id = $2 AND m.discord_user_id = a.discord_user_id "
-	"            WHERE NOT $1 AND $3 AND a.status = 'active' AND $4 = ANY (m.role_ids) "
-	"           UNION "
-	"           SELECT r.user_id, true FROM lhdiscord.user_roles r WHERE $1 AND r.role = $5) ent "
-	"       ON ent.user_id = u.user_id "
+#define PRIVILEGED_JOINS(user_filter) \
+	"LEFT JOIN (SELECT DISTINCT user_id FROM lhdiscord.user_roles WHERE role = ANY ($5)" user_filter ") pr " \
+	"       ON pr.user_id = u.user_id " \
+	"LEFT JOIN (SELECT DISTINCT user_id FROM lhdiscord.break_glass WHERE expires_at > now()" user_filter ") bg " \
+	"       ON bg.user_id = u.user_id " \
+	"LEFT JOIN lhdiscord.access_state s ON s.user_id = u.user_id "
+
+/* Discord-leading: entitled = an active account holds the role in the snapshot. */
+#define DISCORD_ENTITLED(user_filter) \
+	"LEFT JOIN (SELECT a.user_id FROM lhdiscord.discord_accounts a " \
+	"             JOIN lhdiscord.snapshot_members m ON m.snapshot_id = $1 AND m.discord_user_id = a.discord_user_id " \
+	"            WHERE $2 AND a.status = 'active' AND $3 = ANY (m.role_ids)" user_filter " " \
+	"            GROUP BY a.user_id) ent ON ent.user_id = u.user_id " \
 	"CROSS JOIN LATERAL (SELECT ent.user_id IS NOT NULL AS entitled) e "
-	"LEFT JOIN (SELECT DISTINCT user_id FROM lhdiscord.user_roles WHERE role = ANY ($6)) pr ON pr.user_id = u.user_id "
-	"LEFT JOIN (SELECT DISTINCT user_id FROM lhdiscord.break_glass WHERE expires_at > now()) bg ON bg.user_id = u.user_id "
-	"LEFT JOIN lhdiscord.access_state s ON s.user_id = u.user_id "
-	CANDIDATE_FILTER
-	"ORDER BY u.user_id",
-	.nargs = 6,
-	.argtypes = {BOOLOID, INT8OID, BOOLOID, TEXTOID, TEXTOID, TEXTARRAYOID}
-};
 
-/* One user: index probes only. */
-static LhdPlan candidates_one = {
-	.sql = CANDIDATE_COLUMNS
-	"FROM lhdiscord.users u "
-	"CROSS JOIN LATERAL (SELECT CASE WHEN $1 THEN EXISTS ("
-	"        SELECT 1 FROM lhdiscord.user_roles r WHERE r.user_id = u.user_id AND r.role = $5) "
-	"    ELSE $3 AND EXISTS ("
-	"        SELECT 1 FROM lhdiscord.discord_accounts a "
-	"          JOIN lhdiscord.snapshot_members m ON m.snapshot_id = $2 AND m.discord_user_id = a.discord_user_id "
-	"         WHERE a.user_id = u.user_id AND a.status = 'active' AND $4 = ANY (m.role_ids)) END AS entitled) e "
-	"LEFT JOIN (SELECT DISTINCT user_id FROM lhdiscord.user_roles WHERE user_id = $7 AND role = ANY ($6)) pr "
-	"       ON pr.user_id = u.user_id "
-	"LEFT JOIN (SELECT DISTINCT user_id FROM lhdiscord.break_glass WHERE user_id = $7 AND expires_at > now()) bg "
-	"       ON bg.user_id = u.user_id "
-	"LEFT JOIN lhdiscord.access_state s ON s.user_id = u.user_id "
-	CANDIDATE_FILTER
-	"AND u.user_id = $7",
-	.nargs = 7,
-	.argtypes = {BOOLOID, INT8OID, BOOLOID, TEXTOID, TEXTOID, TEXTARRAYOID, INT8OID}
+/* Portal-leading: entitled = the user holds the entitlement portal role. */
+#define PORTAL_ENTITLED \
+	"LEFT JOIN lhdiscord.user_roles ent ON ent.user_id = u.user_id AND ent.role = $4 " \
+	"CROSS JOIN LATERAL (SELECT ent.user_id IS NOT NULL AS entitled) e "
+
+#define CANDIDATE_PLAN(entitled, privileged_filter, last) { \
+	.sql = CANDIDATE_COLUMNS "FROM lhdiscord.users u " entitled PRIVILEGED_JOINS(privileged_filter) \
+		CANDIDATE_FILTER last, \
+	.nargs = 6, \
+	.argtypes = {INT8OID, BOOLOID, TEXTOID, TEXTOID, TEXTARRAYOID, INT8OID}, \
+	.options = LHD_PLAN_FRESH }
+
+/* [portal_leading][one user]; $6 is the one user, unused for everyone. */
+static LhdPlan candidates[2][2] = {
+	{CANDIDATE_PLAN(DISCORD_ENTITLED(""), "", "ORDER BY u.user_id"),
+	CANDIDATE_PLAN(DISCORD_ENTITLED(" AND a.user_id = $6"), " AND user_id = $6", "AND u.user_id = $6")},
+	{CANDIDATE_PLAN(PORTAL_ENTITLED, "", "ORDER BY u.user_id"),
+	CANDIDATE_PLAN(PORTAL_ENTITLED, " AND user_id = $6", "AND u.user_id = $6")},
 };
 
 typedef struct Change
@@ -379,22 +382,24 @@ decision_json(const Change *c, const LhdAccessContext *ctx, const char *new_stat
 static void
 collect_changes(const LhdAccessContext *ctx, int64 only_user, RunResult *res)
 {
-	Datum		values[7];
-	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	int			n;
 
-	values[0] = BoolGetDatum(ctx->portal_leading);
-	values[1] = Int64GetDatum(ctx->snapshot_id);
-	values[2] = BoolGetDatum(ctx->fresh);
+	values[0] = Int64GetDatum(ctx->snapshot_id);
+	values[1] = BoolGetDatum(ctx->fresh);
 	if (ctx->entitlement_role_id)
-		values[3] = CStringGetTextDatum(ctx->entitlement_role_id);
+		values[2] = CStringGetTextDatum(ctx->entitlement_role_id);
 	else
-		nulls[3] = 'n';
-	values[4] = CStringGetTextDatum(ctx->entitlement_key);
-	values[5] = text_array(ctx->privileged, ctx->nprivileged);
-	values[6] = Int64GetDatum(only_user);
+		nulls[2] = 'n';
+	values[3] = CStringGetTextDatum(ctx->entitlement_key);
+	values[4] = text_array(ctx->privileged, ctx->nprivileged);
+	values[5] = Int64GetDatum(only_user);
+	if (only_user == 0)
+		nulls[5] = 'n';
 
-	n = lhd_exec(only_user ? &candidates_one : &candidates_all, values, nulls, false, 0);
+	n = lhd_exec(&candidates[ctx->portal_leading ? 1 : 0][only_user ? 1 : 0],
+				 values, nulls, false, 0);
 	res->changes = palloc0(sizeof(Change) * (n + 1));
 	res->n = n;
 	for (int i = 0; i < n; i++)
@@ -449,6 +454,8 @@ collect_changes(const LhdAccessContext *ctx, int64 only_user, RunResult *res)
 			c->jml = "mover";
 		}
 	}
+	/* The changes are copied out: release the query's result now. */
+	SPI_freetuptable(SPI_tuptable);
 }
 
 static int64
@@ -510,7 +517,8 @@ batch_write(AuditBatch *b)
 		"FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[]) "
 		"     AS x(action, subject, before, after, descr)",
 		.nargs = 5,
-		.argtypes = {TEXTARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID}
+		.argtypes = {TEXTARRAYOID, INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID},
+		.options = CURSOR_OPT_GENERIC_PLAN
 	};
 	Datum		values[5];
 	int			dims[1] = {b->n};
@@ -527,9 +535,13 @@ batch_write(AuditBatch *b)
 	lhd_exec(&plan, values, NULL, false, 0);
 }
 
-/* Apply the changes: statuses, sessions, roles, exemptions, audit. */
+/*
+ * Apply changes [from, to): statuses, sessions, roles, exemptions, audit.
+ * The arrays are passed to generic plans (a custom plan would copy them
+ * into the plan as constants).
+ */
 static void
-apply_changes(const LhdAccessContext *ctx, RunResult *res)
+apply_chunk(const LhdAccessContext *ctx, RunResult *res, int from, int to)
 {
 	static LhdPlan status_plan = {
 		.sql = "UPDATE lhdiscord.users u SET status = x.status::lhdiscord.identity_status, "
@@ -537,14 +549,16 @@ apply_changes(const LhdAccessContext *ctx, RunResult *res)
 		"FROM unnest($1::bigint[], $2::text[], $3::bool[]) AS x(id, status, revoke) "
 		"WHERE u.user_id = x.id",
 		.nargs = 3,
-		.argtypes = {INT8ARRAYOID, TEXTARRAYOID, BOOLARRAYOID}
+		.argtypes = {INT8ARRAYOID, TEXTARRAYOID, BOOLARRAYOID},
+		.options = CURSOR_OPT_GENERIC_PLAN
 	};
 	static LhdPlan roles_plan = {
 		/* Exactly the roles read (and audited), nothing added since. */
 		.sql = "DELETE FROM lhdiscord.user_roles r USING unnest($1::bigint[], $2::text[]) AS x(id, role) "
 		"WHERE r.user_id = x.id AND r.role = x.role",
 		.nargs = 2,
-		.argtypes = {INT8ARRAYOID, TEXTARRAYOID}
+		.argtypes = {INT8ARRAYOID, TEXTARRAYOID},
+		.options = CURSOR_OPT_GENERIC_PLAN
 	};
 	static LhdPlan exempt_plan = {
 		.sql = "INSERT INTO lhdiscord.access_state (user_id, exempt_since, exemption) "
@@ -552,9 +566,10 @@ apply_changes(const LhdAccessContext *ctx, RunResult *res)
 		"FROM unnest($1::bigint[], $2::bool[], $3::text[]) AS x(id, exempt, kind) "
 		"ON CONFLICT (user_id) DO UPDATE SET exempt_since = EXCLUDED.exempt_since, exemption = EXCLUDED.exemption",
 		.nargs = 3,
-		.argtypes = {INT8ARRAYOID, BOOLARRAYOID, TEXTARRAYOID}
+		.argtypes = {INT8ARRAYOID, BOOLARRAYOID, TEXTARRAYOID},
+		.options = CURSOR_OPT_GENERIC_PLAN
 	};
-	int			n = res->n;
+	int			n = to - from;
 	Datum	   *sid = palloc(sizeof(Datum) * (n + 1));
 	Datum	   *sstatus = palloc(sizeof(Datum) * (n + 1));
 	Datum	   *srevoke = palloc(sizeof(Datum) * (n + 1));
@@ -568,7 +583,7 @@ apply_changes(const LhdAccessContext *ctx, RunResult *res)
 				ne = 0;
 	AuditBatch	audit = {0};
 
-	for (int i = 0; i < n; i++)
+	for (int i = from; i < to; i++)
 	{
 		Change	   *c = &res->changes[i];
 		const char *new_status = c->d.active ? "active" : "suspended";
@@ -683,6 +698,27 @@ apply_changes(const LhdAccessContext *ctx, RunResult *res)
 	batch_write(&audit);
 }
 
+/* Changes applied per chunk, each in a memory context of its own. */
+#define APPLY_CHUNK 5000
+
+static void
+apply_changes(const LhdAccessContext *ctx, RunResult *res)
+{
+	MemoryContext chunkcxt = AllocSetContextCreate(CurrentMemoryContext,
+												   "lhdiscord reconcile chunk",
+												   ALLOCSET_DEFAULT_SIZES);
+
+	for (int from = 0; from < res->n; from += APPLY_CHUNK)
+	{
+		MemoryContext old = MemoryContextSwitchTo(chunkcxt);
+
+		apply_chunk(ctx, res, from, Min(from + APPLY_CHUNK, res->n));
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(chunkcxt);
+	}
+	MemoryContextDelete(chunkcxt);
+}
+
 /*
  * Decide and (unless dry_run) apply.  only_user = 0 reconciles everyone,
  * with the safety guard unless force.
@@ -690,7 +726,16 @@ apply_changes(const LhdAccessContext *ctx, RunResult *res)
 static void
 run_reconcile(int64 only_user, bool dry_run, bool force, LhdAccessContext *ctx, RunResult *res)
 {
+	int			save_nestlevel = NewGUCNestLevel();
+
 	memset(res, 0, sizeof(*res));
+
+	/*
+	 * The candidate query is one big pass whose cost makes the planner JIT
+	 * it on every run, for no gain: off while reconcile runs.
+	 */
+	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	lhd_access_context(ctx);
 	collect_changes(ctx, only_user, res);
 
@@ -728,11 +773,15 @@ run_reconcile(int64 only_user, bool dry_run, bool force, LhdAccessContext *ctx, 
 							   ctx->portal_leading ? "portal_leading" : "discord_leading"),
 					 errhint("Check the member snapshot; run lhdiscord.reconcile(force => true) to proceed anyway.")));
 			if (!dry_run)
+			{
+				AtEOXact_GUC(true, save_nestlevel);
 				return;
+			}
 		}
 	}
 	if (!dry_run)
 		apply_changes(ctx, res);
+	AtEOXact_GUC(true, save_nestlevel);
 }
 
 static void

@@ -356,7 +356,8 @@ lhd_role_inputs_load(char **ids, int n)
 		"LEFT JOIN lhdiscord.users u ON u.user_id = a.user_id "
 		"LEFT JOIN lhdiscord.role_state s ON s.discord_user_id = d.id",
 		.nargs = 1,
-		.argtypes = {TEXTARRAYOID}
+		.argtypes = {TEXTARRAYOID},
+		.options = LHD_PLAN_FRESH
 	};
 	LhdRoleInputs *out = palloc0(sizeof(LhdRoleInputs) * n);
 	Datum	   *elems = palloc(sizeof(Datum) * n);
@@ -428,33 +429,25 @@ sync_user(FunctionCallInfo fcinfo, int what, const char *fname)
 	rank = lhd_getattr_text(0, 3);
 
 	/* Only active accounts are queued: brigged ones are skipped. */
-	queued = lhd_enqueue_user_convergence(user_id, psprintf("%s requested", fname));
-	if (queued > 0)
 	{
+		LhdAudit	audits[2] = {{0}};
+		int			naudits = 0;
 		StringInfoData after;
 		bool		first = true;
 
 		if (what & SYNC_ROLES)
 		{
-			LhdAudit	a = {0};
-
 			initStringInfo(&after);
 			appendStringInfoChar(&after, '{');
 			lhd_json_append_str(&after, "membership_level", level, &first);
-			lhd_json_append_raw(&after, "accounts", psprintf("%d", queued), &first);
 			lhd_json_append_str(&after, "source", fname, &first);
 			appendStringInfoChar(&after, '}');
-			a.action = "discord_roles_synced";
-			a.subject_user_id = user_id;
-			a.entity = "users";
-			a.entity_pk = psprintf(INT64_FORMAT, user_id);
-			a.after_json = after.data;
-			a.description = psprintf("Membership roles queued for %d Discord account(s)", queued);
-			lhd_audit(&a);
+			audits[naudits].action = "discord_roles_synced";
+			audits[naudits].after_json = after.data;
+			audits[naudits++].description = "Membership roles queued for {n} Discord account(s)";
 		}
 		if (what & SYNC_STAFF)
 		{
-			LhdAudit	a = {0};
 			bool		removed = (dept == NULL && strcmp(rank, "none") == 0);
 
 			first = true;
@@ -462,17 +455,14 @@ sync_user(FunctionCallInfo fcinfo, int what, const char *fname)
 			appendStringInfoChar(&after, '{');
 			lhd_json_append_str(&after, "staff_department", dept, &first);
 			lhd_json_append_str(&after, "staff_rank", rank, &first);
-			lhd_json_append_raw(&after, "accounts", psprintf("%d", queued), &first);
 			lhd_json_append_str(&after, "source", fname, &first);
 			appendStringInfoChar(&after, '}');
-			a.action = removed ? "discord_staff_removed" : "discord_staff_synced";
-			a.subject_user_id = user_id;
-			a.entity = "users";
-			a.entity_pk = psprintf(INT64_FORMAT, user_id);
-			a.after_json = after.data;
-			a.description = psprintf("Staff roles queued for %d Discord account(s)", queued);
-			lhd_audit(&a);
+			audits[naudits].action = removed ? "discord_staff_removed" : "discord_staff_synced";
+			audits[naudits].after_json = after.data;
+			audits[naudits++].description = "Staff roles queued for {n} Discord account(s)";
 		}
+		queued = lhd_enqueue_user_convergence(user_id, psprintf("%s requested", fname),
+											  naudits, audits);
 	}
 	SPI_finish();
 	return queued;

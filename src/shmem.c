@@ -131,17 +131,23 @@ lhd_request_worker_wake(void)
 	wake_pending = true;
 }
 
+/*
+ * Wake the worker, if it serves this database: commits in other databases
+ * that use the extension are none of its business.
+ */
 void
 lhd_wake_worker(void)
 {
 	Latch	   *latch;
+	Oid			dboid;
 
 	if (!shared_is_shmem)
 		return;
 	SpinLockAcquire(&lhd_shared->mutex);
 	latch = lhd_shared->worker_latch;
+	dboid = lhd_shared->worker_dboid;
 	SpinLockRelease(&lhd_shared->mutex);
-	if (latch)
+	if (latch && dboid == MyDatabaseId)
 		SetLatch(latch);
 }
 
@@ -210,6 +216,7 @@ lhd_worker_register(Latch *latch)
 {
 	SpinLockAcquire(&lhd_shared->mutex);
 	lhd_shared->worker_latch = latch;
+	lhd_shared->worker_dboid = latch ? MyDatabaseId : InvalidOid;
 	lhd_shared->worker_pid = latch ? MyProcPid : 0;
 	lhd_shared->worker_started_at = latch ? GetCurrentTimestamp() : 0;
 	SpinLockRelease(&lhd_shared->mutex);

@@ -22,7 +22,7 @@ lhd_plan(LhdPlan *p)
 {
 	if (p->plan == NULL)
 	{
-		SPIPlanPtr	plan = SPI_prepare(p->sql, p->nargs, p->argtypes);
+		SPIPlanPtr	plan = SPI_prepare_cursor(p->sql, p->nargs, p->argtypes, p->options);
 
 		if (plan == NULL)
 			elog(ERROR, "lhdiscord: SPI_prepare failed (%s) for: %s",

@@ -164,7 +164,6 @@ users_after_update(PG_FUNCTION_ARGS)
 				new_brig;
 	bool		level_changed,
 				staff_changed;
-	int			synced = 0;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 		elog(ERROR, "users_after_update: must fire AFTER UPDATE");
@@ -209,16 +208,14 @@ users_after_update(PG_FUNCTION_ARGS)
 							  "{\"in_brig\": true}",
 							  psprintf("{\"in_brig\": false, \"accounts_restored\": %d}", n),
 							  psprintf("%d Discord account(s) restored; full permissions queued", n));
-		synced = n;
 	}
 
 	if ((level_changed || staff_changed) && !new_brig)
 	{
-		/* Rank-only changes re-sync department and rank together (edge case 8). */
-		if (synced == 0)
-			synced = lhd_enqueue_user_convergence(user_id,
-												  level_changed ? "Membership level changed" : "Staff position changed");
-		if (synced > 0 && level_changed)
+		LhdAudit	audits[2] = {{0}};
+		int			naudits = 0;
+
+		if (level_changed)
 		{
 			StringInfoData before,
 						after;
@@ -232,13 +229,14 @@ users_after_update(PG_FUNCTION_ARGS)
 			initStringInfo(&after);
 			appendStringInfoChar(&after, '{');
 			lhd_json_append_str(&after, "membership_level", new_level, &f2);
-			lhd_json_append_raw(&after, "accounts", psprintf("%d", synced), &f2);
 			appendStringInfoChar(&after, '}');
-			audit_user_change("discord_roles_synced", user_id, before.data, after.data,
-							  psprintf("Membership %s -> %s synced to %d Discord account(s)",
-									   old_level, new_level, synced));
+			audits[naudits].action = "discord_roles_synced";
+			audits[naudits].before_json = before.data;
+			audits[naudits].after_json = after.data;
+			audits[naudits++].description =
+				psprintf("Membership %s -> %s synced to {n} Discord account(s)", old_level, new_level);
 		}
-		if (synced > 0 && staff_changed)
+		if (staff_changed)
 		{
 			StringInfoData before,
 						after;
@@ -255,13 +253,23 @@ users_after_update(PG_FUNCTION_ARGS)
 			appendStringInfoChar(&after, '{');
 			lhd_json_append_str(&after, "staff_department", new_dept, &f2);
 			lhd_json_append_str(&after, "staff_rank", new_rank, &f2);
-			lhd_json_append_raw(&after, "accounts", psprintf("%d", synced), &f2);
 			appendStringInfoChar(&after, '}');
-			audit_user_change(removed ? "discord_staff_removed" : "discord_staff_synced",
-							  user_id, before.data, after.data,
-							  removed ? psprintf("Staff roles removed from %d Discord account(s)", synced)
-							  : psprintf("Staff roles synced to %d Discord account(s)", synced));
+			audits[naudits].action = removed ? "discord_staff_removed" : "discord_staff_synced";
+			audits[naudits].before_json = before.data;
+			audits[naudits].after_json = after.data;
+			audits[naudits++].description = removed ?
+				"Staff roles removed from {n} Discord account(s)" :
+				"Staff roles synced to {n} Discord account(s)";
 		}
+
+		/*
+		 * Queue and audit in one statement (a released user's accounts were
+		 * queued already; this folds into those jobs).  Rank-only changes
+		 * re-sync department and rank together (edge case 8).
+		 */
+		lhd_enqueue_user_convergence(user_id,
+									 level_changed ? "Membership level changed" : "Staff position changed",
+									 naudits, audits);
 	}
 
 	SPI_finish();
@@ -359,25 +367,23 @@ user_roles_after_change(PG_FUNCTION_ARGS)
 		char	   *role = field_text(tuples[i], desc, "role");
 		int64		user_id = field_int64(tuples[i], desc, "user_id");
 		Datum		values[1] = {CStringGetTextDatum(role)};
-		int			n;
 
 		if (lhd_exec(&mapped_plan, values, NULL, false, 1) == 0)
 			continue;
-		n = lhd_enqueue_user_convergence(user_id, psprintf("Portal role %s %s", role, changes[i]));
-		if (n > 0)
 		{
 			StringInfoData after;
 			bool		first = true;
+			LhdAudit	a = {0};
 
 			initStringInfo(&after);
 			appendStringInfoChar(&after, '{');
 			lhd_json_append_str(&after, "portal_role", role, &first);
 			lhd_json_append_str(&after, "change", changes[i], &first);
-			lhd_json_append_raw(&after, "accounts", psprintf("%d", n), &first);
 			appendStringInfoChar(&after, '}');
-			audit_user_change("discord_roles_synced", user_id, NULL, after.data,
-							  psprintf("Portal role %s %s; synced to %d Discord account(s)",
-									   role, changes[i], n));
+			a.action = "discord_roles_synced";
+			a.after_json = after.data;
+			a.description = psprintf("Portal role %s %s; synced to {n} Discord account(s)", role, changes[i]);
+			lhd_enqueue_user_convergence(user_id, psprintf("Portal role %s %s", role, changes[i]), 1, &a);
 		}
 	}
 	SPI_finish();

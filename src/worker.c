@@ -112,27 +112,39 @@ in_transaction(void (*fn) (void *), void *arg)
 
 /* ---------- is the extension there, at our version? ---------- */
 
+static int64 ext_checked_until = 0;	/* known ready until then */
+
 static void
 check_extension(void *arg)
 {
+	static LhdPlan plan = {
+		.sql = "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'lhdiscord'",
+		.nargs = 0
+	};
 	char	  **version = arg;
 
 	*version = NULL;
-	if (SPI_execute("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'lhdiscord'",
-					true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+	if (lhd_exec(&plan, NULL, NULL, true, 1) == 1)
 		*version = MemoryContextStrdup(worker_cxt, lhd_getattr_text(0, 1));
 }
 
+/*
+ * Is the extension installed here, at the library's version?  Once it is,
+ * trust that for a housekeeping interval (an error in between resets it).
+ */
 static bool
 extension_ready(void)
 {
 	static char *reported = NULL;
 	char	   *version;
 
+	if (now_ms() < ext_checked_until)
+		return true;
 	in_transaction(check_extension, &version);
 	if (version != NULL && strcmp(version, LHD_VERSION) == 0)
 	{
 		reported = NULL;
+		ext_checked_until = now_ms() + HOUSEKEEPING_MS;
 		return true;
 	}
 	if (version != NULL && (reported == NULL || strcmp(reported, version) != 0))
@@ -162,7 +174,8 @@ housekeeping(void *arg)
 		"WHERE state = 'in_flight' AND NOT EXISTS ("
 		"  SELECT 1 FROM pg_catalog.pg_stat_activity a "
 		"   WHERE a.pid = o.claimed_by AND a.backend_start <= o.claimed_at)",
-		.nargs = 0
+		.nargs = 0,
+		.options = LHD_PLAN_FRESH
 	};
 	int			reclaimed = lhd_exec(&reclaim_plan, NULL, NULL, false, 0);
 
@@ -193,7 +206,8 @@ next_due(void *arg)
 	static LhdPlan plan = {
 		.sql = "SELECT (extract(epoch FROM min(run_after) - clock_timestamp()) * 1000)::bigint "
 		"FROM lhdiscord.outbox WHERE state = 'pending'",
-		.nargs = 0
+		.nargs = 0,
+		.options = LHD_PLAN_FRESH
 	};
 	int64	   *ms = arg;
 	bool		isnull;
@@ -252,6 +266,7 @@ handle_reload(void)
 		return;
 	ConfigReloadPending = false;
 	ProcessConfigFile(PGC_SIGHUP);
+	ext_checked_until = 0;
 	if (lhd_is_paused())
 		ereport(LOG, (errmsg("lhdiscord worker: configuration reloaded, sending resumes")));
 	lhd_set_paused(false, NULL);
@@ -404,6 +419,7 @@ recover_from_error(void)
 	}
 	lhd_set_last_error("worker error: %s", edata->message);
 	FreeErrorData(edata);
+	ext_checked_until = 0;		/* the extension may be gone: check again */
 	RESUME_INTERRUPTS();
 
 	/* The extension may be gone; then this fails too and we retry later. */
@@ -436,6 +452,15 @@ lhdiscord_worker_main(Datum main_arg)
 	worker_cxt = AllocSetContextCreate(TopMemoryContext, "lhdiscord worker",
 									   ALLOCSET_DEFAULT_SIZES);
 	MemoryContextSwitchTo(worker_cxt);
+
+	/*
+	 * The worker's own transactions (claims, outcomes) commit asynchronously:
+	 * a claim lost in a crash leaves its job pending, an outcome lost leaves
+	 * it claimed by a dead process and it is reclaimed; either way the job is
+	 * sent again, and every job is idempotent (role calls set state; DMs carry
+	 * their nonce).  The application's own commits are untouched.
+	 */
+	SetConfigOption("synchronous_commit", "off", PGC_USERSET, PGC_S_OVERRIDE);
 	lhd_worker_register(MyLatch);
 	before_shmem_exit(worker_unregister, (Datum) 0);
 	ereport(LOG,
