@@ -19,7 +19,6 @@
 
 #include "catalog/pg_type.h"
 #include "fmgr.h"
-#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
@@ -58,8 +57,8 @@ lhd_enqueue_convergence(const char *discord_user_id, int64 user_id, const char *
 
 /*
  * Queue the convergence of every active Discord account of a portal user
- * and write its audit rows, in one statement (this is the trigger's hot
- * path).  The audit rows are written only when at least one account was
+ * and write its audit rows (this is the trigger's hot path; a single
+ * combined CTE statement measured no faster than these two).  The audit rows are written only when at least one account was
  * queued; their after_json gets "accounts": n and "{n}" in their
  * description becomes n.  Returns n.
  */
@@ -67,53 +66,41 @@ int
 lhd_enqueue_user_convergence(int64 user_id, const char *reason, int naudits, const LhdAudit *audits)
 {
 	static LhdPlan plan = {
-		.sql = "WITH q AS ("
-		"  INSERT INTO lhdiscord.outbox (kind, discord_user_id, user_id, reason) "
-		"  SELECT 'roles', a.discord_user_id, a.user_id, $2 "
-		"    FROM lhdiscord.discord_accounts a WHERE a.user_id = $1 AND a.status = 'active' "
-		"  " CONVERGENCE_UPSERT " RETURNING 1), "
-		"n AS (SELECT count(*)::int AS n FROM q), "
-		"w AS ("
-		"  INSERT INTO lhdiscord.audit_log "
-		"  (action, subject_user_id, entity, entity_pk, before_json, after_json, description) "
-		"  SELECT x.action, $1, 'users', $1::text, x.before::jsonb, "
-		"         jsonb_set(x.after::jsonb, '{accounts}', to_jsonb(n.n)), replace(x.descr, '{n}', n.n::text) "
-		"    FROM n, unnest($3::text[], $4::text[], $5::text[], $6::text[]) AS x(action, before, after, descr) "
-		"   WHERE n.n > 0 "
-		"  RETURNING 1) "
-		"SELECT n FROM n",
-		.nargs = 6,
-		.argtypes = {INT8OID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID},
-		/* Index lookups by key only: the generic plan is right, never replan. */
-		.options = CURSOR_OPT_GENERIC_PLAN
+		.sql = "INSERT INTO lhdiscord.outbox (kind, discord_user_id, user_id, reason) "
+		"SELECT 'roles', a.discord_user_id, a.user_id, $2 "
+		"FROM lhdiscord.discord_accounts a "
+		"WHERE a.user_id = $1 AND a.status = 'active' " CONVERGENCE_UPSERT,
+		.nargs = 2,
+		.argtypes = {INT8OID, TEXTOID}
 	};
-	Datum		values[6];
-	Datum	   *actions = palloc(sizeof(Datum) * (naudits + 1));
-	Datum	   *befores = palloc(sizeof(Datum) * (naudits + 1));
-	bool	   *bnulls = palloc(sizeof(bool) * (naudits + 1));
-	Datum	   *afters = palloc(sizeof(Datum) * (naudits + 1));
-	Datum	   *descrs = palloc(sizeof(Datum) * (naudits + 1));
-	int			dims[1] = {naudits};
-	int			lbs[1] = {1};
-	bool		isnull;
+	Datum		values[2];
+	int			n;
 
-	for (int i = 0; i < naudits; i++)
-	{
-		actions[i] = CStringGetTextDatum(audits[i].action);
-		bnulls[i] = (audits[i].before_json == NULL);
-		befores[i] = bnulls[i] ? (Datum) 0 : CStringGetTextDatum(audits[i].before_json);
-		afters[i] = CStringGetTextDatum(audits[i].after_json ? audits[i].after_json : "{}");
-		descrs[i] = CStringGetTextDatum(audits[i].description ? audits[i].description : "");
-	}
 	values[0] = Int64GetDatum(user_id);
 	values[1] = CStringGetTextDatum(reason ? reason : "lhdiscord");
-	values[2] = PointerGetDatum(construct_array(actions, naudits, TEXTOID, -1, false, TYPALIGN_INT));
-	values[3] = PointerGetDatum(construct_md_array(befores, bnulls, 1, dims, lbs,
-												   TEXTOID, -1, false, TYPALIGN_INT));
-	values[4] = PointerGetDatum(construct_array(afters, naudits, TEXTOID, -1, false, TYPALIGN_INT));
-	values[5] = PointerGetDatum(construct_array(descrs, naudits, TEXTOID, -1, false, TYPALIGN_INT));
-	lhd_exec(&plan, values, NULL, false, 1);
-	return DatumGetInt32(lhd_getattr(0, 1, &isnull));
+	n = lhd_exec(&plan, values, NULL, false, 0);
+	if (n > 0)
+		for (int i = 0; i < naudits; i++)
+		{
+			LhdAudit	a = audits[i];
+			StringInfoData buf;
+			const char *d = a.description ? a.description : "";
+			const char *p = strstr(d, "{n}");
+			const char *after = a.after_json ? a.after_json : "{}";
+
+			/* after_json is an object literal: put the account count first. */
+			initStringInfo(&buf);
+			appendStringInfo(&buf, "{\"accounts\": %d%s%s", n,
+							 strlen(after) > 2 ? ", " : "", after + 1);
+			a.after_json = buf.data;
+			if (p)
+				a.description = psprintf("%.*s%d%s", (int) (p - d), d, n, p + 3);
+			a.subject_user_id = user_id;
+			a.entity = "users";
+			a.entity_pk = psprintf(INT64_FORMAT, user_id);
+			lhd_audit(&a);
+		}
+	return n;
 }
 
 /*
