@@ -239,7 +239,9 @@ access_context(PG_FUNCTION_ARGS)
  * matrix's outcome in SQL only to skip unchanged users (new status differs,
  * roles to strip, exemption to record or clear); each candidate is then
  * decided by lhd_decide() in C.  One statement per governance mode, so the
- * entitled set is built (and de-duplicated) once, by a hash join.
+ * entitled set is built (and de-duplicated) once, by a hash join.  The
+ * statement is read-only, so it may use parallel query: a full pass joins
+ * the whole account and snapshot tables.
  *
  * Parameters: $1 snapshot id, $2 snapshot fresh, $3 entitlement role id,
  * $4 entitlement key, $5 privileged roles (, $6 the one user).
@@ -289,7 +291,7 @@ access_context(PG_FUNCTION_ARGS)
 		CANDIDATE_FILTER last, \
 	.nargs = 6, \
 	.argtypes = {INT8OID, BOOLOID, TEXTOID, TEXTOID, TEXTARRAYOID, INT8OID}, \
-	.options = LHD_PLAN_FRESH }
+	.options = LHD_PLAN_FRESH | CURSOR_OPT_PARALLEL_OK }
 
 /* [portal_leading][one user]; $6 is the one user, unused for everyone. */
 static LhdPlan candidates[2][2] = {
