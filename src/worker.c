@@ -323,7 +323,12 @@ run_burst(void)
 		if (!PostmasterIsAlive())
 			proc_exit(1);
 		handle_reload();
-		if (!exhausted && room > 0 && !lhd_is_paused())
+		/*
+		 * Claim in batches: refill once half the pipeline has drained (or
+		 * at once when it is empty), so that each claim's fixed cost (plan,
+		 * claim statement, inputs, commit) is shared by many jobs.
+		 */
+		if (!exhausted && room >= max_active / 2 && !lhd_is_paused())
 		{
 			int			want = Min(room, CLAIM_CHUNK);
 
