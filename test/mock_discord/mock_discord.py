@@ -449,6 +449,16 @@ class Guild:
         self.info = {}
         self.default_joined_at = iso_time(time.time() - 86400 * 30)
 
+    def assignable_role(self, role):
+        """Discord's checks of a role the bot assigns: it must exist (or be
+        created, with auto_roles) and sit below the bot's own role."""
+        if role not in self.roles:
+            if not self.auto_roles:
+                fail(404, 10011, "Unknown Role")
+            self.roles.add(role)
+        if role in self.privileged_roles:
+            fail(403, 50013, "Missing Permissions")
+
     def add_member(self, uid, roles, info=None):
         if uid not in self.members:
             bisect.insort(self.ids, uid)
@@ -1124,12 +1134,7 @@ class MockDiscord:
         role = snowflake_param("role_id", params["role_id"])
         if uid not in guild.members:
             fail(404, 10007, "Unknown Member")
-        if role not in guild.roles:
-            if not guild.auto_roles:
-                fail(404, 10011, "Unknown Role")
-            guild.roles.add(role)
-        if role in guild.privileged_roles:
-            fail(403, 50013, "Missing Permissions")
+        guild.assignable_role(role)
         return guild, uid, role
 
     def h_add_role(self, req, params):
@@ -1203,12 +1208,7 @@ class MockDiscord:
                 or grant.user_id != uid or "guilds.join" not in grant.scopes:
             fail(403, 50025, "Invalid OAuth2 access token")
         for role in roles:
-            if role not in guild.roles:
-                if not guild.auto_roles:
-                    fail(404, 10011, "Unknown Role")
-                guild.roles.add(role)
-            if role in guild.privileged_roles:
-                fail(403, 50013, "Missing Permissions")
+            guild.assignable_role(role)
         if uid not in self.users:
             self.users[uid] = User(uid)
         info = MemberInfo(nick=body.get("nick"), joined_at=iso_time(time.time()),
