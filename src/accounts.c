@@ -47,14 +47,6 @@ PG_FUNCTION_INFO_V1(account_tokens);
 #define ACCOUNT_COLUMNS "id, user_id, discord_user_id, username, global_name, status"
 
 static void
-raise_no_user(int64 user_id)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_NO_DATA_FOUND),
-			 errmsg("user " INT64_FORMAT " does not exist", user_id)));
-}
-
-static void
 raise_no_account(int64 account_id)
 {
 	ereport(ERROR,
@@ -221,7 +213,7 @@ lhd_require_can_link(int64 user_id, const char *discord_user_id)
 	GateResult	g = check_gate(user_id, true);
 
 	if (!g.exists)
-		raise_no_user(user_id);
+		lhd_raise_no_user(user_id);
 	if (!g.eligible)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),

@@ -63,8 +63,16 @@ load_key(unsigned char *key)
 	}
 }
 
+/* Overwrite a secret C string in place (NULL is fine). */
 void
-lhd_random_bytes(unsigned char *buf, size_t len)
+lhd_wipe(char *s)
+{
+	if (s)
+		explicit_bzero(s, strlen(s));
+}
+
+static void
+random_bytes(unsigned char *buf, size_t len)
 {
 	if (RAND_bytes(buf, (int) len) != 1)
 		ereport(ERROR,
@@ -79,7 +87,7 @@ lhd_random_token(size_t nbytes)
 	unsigned char *raw = palloc(nbytes);
 	char	   *out = palloc(nbytes * 2 + 1);
 
-	lhd_random_bytes(raw, nbytes);
+	random_bytes(raw, nbytes);
 	hex_encode((const char *) raw, nbytes, out);
 	out[nbytes * 2] = '\0';
 	pfree(raw);
@@ -119,7 +127,7 @@ lhd_encrypt_token(const char *plaintext, const char *aad)
 	SET_VARSIZE(result, VARHDRSZ + HEADER_LEN + ptlen);
 	out = (unsigned char *) VARDATA(result);
 	out[0] = ENVELOPE_VERSION;
-	lhd_random_bytes(out + 1, NONCE_LEN);
+	random_bytes(out + 1, NONCE_LEN);
 
 	ctx = EVP_CIPHER_CTX_new();
 	ok = ctx != NULL &&

@@ -43,6 +43,7 @@ const char *const lhd_method_names[] = {"GET", "PUT", "POST", "DELETE"};
 void
 lhd_unit_begin(LhdEngine *e)
 {
+	e->unit_caller_cxt = CurrentMemoryContext;
 	if (e->in_worker)
 	{
 		SetCurrentStatementStartTimestamp();
@@ -69,6 +70,8 @@ lhd_unit_end(LhdEngine *e)
 		SPI_finish();
 		CommitTransactionCommand();
 	}
+	/* A commit leaves TopMemoryContext current: go back to the caller's. */
+	MemoryContextSwitchTo(e->unit_caller_cxt);
 }
 
 /* ---------- tasks and requests ---------- */
@@ -96,15 +99,16 @@ typedef struct KindOps
 	void		(*start) (LhdEngine *e, LhdTask *t);
 	void		(*response) (LhdEngine *e, LhdTask *t, LhdRequest *r);
 	void		(*record) (LhdEngine *e, List *tasks);	/* record unit */
+	bool		needs_guild;	/* fails while lhdiscord.guild_id is unset */
 } KindOps;
 
 static const KindOps kind_ops[] = {
-	[LHD_JOB_ROLES] = {lhd_roles_prepare, lhd_roles_start, lhd_roles_response, lhd_roles_record},
-	[LHD_JOB_DM] = {lhd_dm_prepare, lhd_dm_start, lhd_dm_response, lhd_dm_record},
-	[LHD_JOB_MEMBER_SCAN] = {lhd_scan_prepare, lhd_scan_start, lhd_scan_response, lhd_scan_record},
-	[LHD_JOB_GUILD_JOIN] = {lhd_join_prepare, lhd_join_start, lhd_join_response, lhd_join_record},
-	[LHD_JOB_TOKEN_REFRESH] = {lhd_refresh_prepare, lhd_refresh_start, lhd_refresh_response, lhd_refresh_record},
-	[LHD_JOB_UNKNOWN] = {NULL, NULL, NULL, NULL},
+	[LHD_JOB_ROLES] = {lhd_roles_prepare, lhd_roles_start, lhd_roles_response, lhd_roles_record, true},
+	[LHD_JOB_DM] = {lhd_dm_prepare, lhd_dm_start, lhd_dm_response, lhd_dm_record, false},
+	[LHD_JOB_MEMBER_SCAN] = {lhd_scan_prepare, lhd_scan_start, lhd_scan_response, lhd_scan_record, true},
+	[LHD_JOB_GUILD_JOIN] = {lhd_join_prepare, lhd_join_start, lhd_join_response, lhd_join_record, true},
+	[LHD_JOB_TOKEN_REFRESH] = {lhd_refresh_prepare, lhd_refresh_start, lhd_refresh_response, lhd_refresh_record, false},
+	[LHD_JOB_UNKNOWN] = {NULL, NULL, NULL, NULL, false},
 };
 
 /* Run a batch stage for each kind present in tasks. */
@@ -181,6 +185,21 @@ lhd_task_request(LhdTask *t, LhdOp op, const char *fmt,...)
 	return r;
 }
 
+/*
+ * Give r a body: copied into the request's task context (it is sent later,
+ * maybe after a retry wait), the source wiped when it is a secret.
+ */
+void
+lhd_request_set_body(LhdRequest *r, char *body, const char *content_type, bool secret)
+{
+	r->body = MemoryContextStrdup(r->task->cxt, body);
+	r->content_type = content_type;
+	r->body_secret = secret;
+	if (secret)
+		lhd_wipe(body);
+	pfree(body);
+}
+
 void
 lhd_task_send(LhdEngine *e, LhdTask *t, LhdRequest *r)
 {
@@ -229,12 +248,14 @@ backoff_ms(int attempts)
 
 /*
  * The outcome a failed response leads to: permanent Discord errors fail
- * the job (no retry), everything else is transient.
+ * the job (no retry), everything else is transient.  A request that was
+ * never sent (sending paused) does not count as one of t's attempts.
  */
 LhdOutcome
-lhd_classify(LhdTask *t, LhdRequest *r, bool *permanent_known)
+lhd_classify(LhdTask *t, LhdRequest *r)
 {
-	*permanent_known = false;
+	if (r->paused)
+		t->uncounted = true;
 	if (lhd_response_ok(r))
 		return LHD_OUT_DONE;
 	switch (r->discord_code)
@@ -248,7 +269,6 @@ lhd_classify(LhdTask *t, LhdRequest *r, bool *permanent_known)
 		case 50013:				/* Missing Permissions */
 		case 50033:				/* Invalid Recipient(s) */
 		case 50035:				/* Invalid Form Body */
-			*permanent_known = true;
 			return LHD_OUT_FAILED;
 		default:
 			break;
@@ -283,16 +303,14 @@ lhd_task_finish(LhdEngine *e, LhdTask *t, LhdOutcome outcome, long status, const
 void
 lhd_task_finish_from(LhdEngine *e, LhdTask *t, LhdRequest *r)
 {
-	bool		permanent;
-	LhdOutcome	outcome = lhd_classify(t, r, &permanent);
+	LhdOutcome	outcome = lhd_classify(t, r);
+	char	   *summary = lhd_response_summary(r);
 
-	if (r->paused)
-		t->uncounted = true;
 	if (outcome == LHD_OUT_FAILED)
 		ereport(WARNING,
 				(errmsg("lhdiscord: outbox job " INT64_FORMAT " failed without retry: %s",
-						t->job_id, lhd_response_summary(r))));
-	lhd_task_finish(e, t, outcome, r->status, lhd_response_summary(r));
+						t->job_id, summary)));
+	lhd_task_finish(e, t, outcome, r->status, summary);
 }
 
 /*
@@ -354,6 +372,14 @@ start_task(LhdEngine *e, LhdTask *t)
 				(errmsg("lhdiscord: outbox job " INT64_FORMAT " has a kind this version does not process",
 						t->job_id)));
 		lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "job kind not supported by this version");
+		return;
+	}
+	if (kind_ops[t->kind].needs_guild && e->guild_id[0] == '\0')
+	{
+		ereport(WARNING,
+				(errmsg("lhdiscord: outbox job " INT64_FORMAT " cannot run: lhdiscord.guild_id is not set",
+						t->job_id)));
+		lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "lhdiscord.guild_id is not set");
 		return;
 	}
 	kind_ops[t->kind].start(e, t);
@@ -424,12 +450,7 @@ lhd_engine_claim(LhdEngine *e, int limit)
 		MemoryContext old = MemoryContextSwitchTo(e->cxt);
 
 		list_sort(claimed, task_cmp);
-		foreach(lc, claimed)
-		{
-			LhdTask    *t = lfirst(lc);
-
-			e->active = lappend(e->active, t);
-		}
+		e->active = list_concat(e->active, claimed);
 		MemoryContextSwitchTo(old);
 	}
 	for_each_kind(e, claimed, false);
@@ -455,8 +476,6 @@ lhd_engine_dispatch(LhdEngine *e)
 		t->outstanding--;
 		if (kind_ops[t->kind].response)
 			kind_ops[t->kind].response(e, t, r);
-		if (r->bearer)
-			explicit_bzero(r->bearer, strlen(r->bearer));
 	}
 }
 
@@ -531,6 +550,7 @@ lhd_engine_record(LhdEngine *e)
 	if (n == 0)
 		return 0;
 
+	lhd_unit_begin(e);
 	ids = palloc(sizeof(Datum) * n);
 	gens = palloc(sizeof(Datum) * n);
 	states = palloc(sizeof(Datum) * n);
@@ -555,7 +575,6 @@ lhd_engine_record(LhdEngine *e)
 	}
 	dims[0] = n;
 
-	lhd_unit_begin(e);
 	values[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
 	values[1] = PointerGetDatum(construct_array(gens, n, INT4OID, 4, true, TYPALIGN_INT));
 	values[2] = PointerGetDatum(construct_array(states, n, TEXTOID, -1, false, TYPALIGN_INT));
@@ -655,7 +674,6 @@ lhd_drain(bool in_worker, int max_jobs)
 	LhdEngine  *e = lhd_engine_create(in_worker, CurrentMemoryContext);
 	int			finished;
 
-	e->max_jobs = max_jobs;
 	while (e->jobs_finished < max_jobs)
 	{
 		int			claimed;

@@ -25,7 +25,6 @@
 
 #include "miscadmin.h"
 #include "pgstat.h"
-#include "portability/instr_time.h"
 #include "utils/memutils.h"
 
 #include "lhdiscord.h"
@@ -35,6 +34,7 @@
 #include "lhd_shared.h"
 
 #define MAX_RESPONSE	(32 * 1024 * 1024)
+#define USER_AGENT		"User-Agent: DiscordBot (" LHD_PROJECT_URL ", " LHD_VERSION ")"
 
 typedef struct Transfer
 {
@@ -54,22 +54,30 @@ typedef struct Transfer
 typedef struct LhdHttp
 {
 	CURLM	   *multi;
-	LhdLimiter *limiter;
+	LhdLimiter *limiter;		/* the process's (see process_limiter) */
 	Transfer	active;			/* list head of transfers in flight */
-	int			inflight;
-	char	   *user_agent;
 	MemoryContextCallback cleanup;
 } LhdHttp;
 
 static bool curl_ready = false;
 
-static int64
-now_ms(void)
-{
-	instr_time	t;
+/*
+ * The pacing state outlives engines: the worker rebuilds its engine after a
+ * reload or an error, and must not forget a 429 block or the invalid
+ * requests that count toward Discord's ban.
+ */
+static LhdLimiter *process_limiter = NULL;
 
-	INSTR_TIME_SET_CURRENT(t);
-	return (int64) INSTR_TIME_GET_MILLISEC(t);
+static void
+curl_init_once(void)
+{
+	if (curl_ready)
+		return;
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYSTEM_ERROR),
+				 errmsg("lhdiscord: could not initialise libcurl")));
+	curl_ready = true;
 }
 
 static size_t
@@ -163,6 +171,9 @@ transfer_free(Transfer *t)
 {
 	if (t->easy)
 		curl_easy_cleanup(t->easy);
+	/* The Authorization line is a secret. */
+	for (struct curl_slist *h = t->headers; h != NULL; h = h->next)
+		explicit_bzero(h->data, strlen(h->data));
 	if (t->headers)
 		curl_slist_free_all(t->headers);
 	/* Responses may hold OAuth tokens: wipe before freeing. */
@@ -190,7 +201,8 @@ http_cleanup(void *arg)
 	if (h->multi)
 		curl_multi_cleanup(h->multi);
 	h->multi = NULL;
-	free(h->user_agent);
+	/* Those transfers are gone: none of their requests is in flight now. */
+	lhd_limiter_forget_inflight(h->limiter);
 }
 
 static LhdHttp *
@@ -200,17 +212,12 @@ http_get(LhdEngine *e)
 
 	if (h)
 		return h;
-	if (!curl_ready)
-	{
-		if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-			ereport(ERROR,
-					(errcode(ERRCODE_SYSTEM_ERROR),
-					 errmsg("lhdiscord: could not initialise libcurl")));
-		curl_ready = true;
-	}
+	curl_init_once();
+	if (process_limiter == NULL)
+		process_limiter = lhd_limiter_create(TopMemoryContext);
 	h = MemoryContextAllocZero(e->cxt, sizeof(LhdHttp));
 	h->active.next = h->active.prev = &h->active;
-	h->limiter = lhd_limiter_create(e->cxt);
+	h->limiter = process_limiter;
 	h->multi = curl_multi_init();
 	if (h->multi == NULL)
 		ereport(ERROR,
@@ -219,12 +226,6 @@ http_get(LhdEngine *e)
 	curl_multi_setopt(h->multi, CURLMOPT_PIPELINING, (long) CURLPIPE_MULTIPLEX);
 	curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long) lhd_max_concurrency);
 	curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, (long) lhd_max_concurrency + 4);
-	{
-		char		ua[256];
-
-		snprintf(ua, sizeof(ua), "User-Agent: DiscordBot (%s, %s)", LHD_PROJECT_URL, LHD_VERSION);
-		h->user_agent = strdup(ua);
-	}
 	h->cleanup.func = http_cleanup;
 	h->cleanup.arg = h;
 	MemoryContextRegisterResetCallback(e->cxt, &h->cleanup);
@@ -232,19 +233,19 @@ http_get(LhdEngine *e)
 	return h;
 }
 
-/* Append "Name: value" to a header list, failing cleanly on OOM. */
+/*
+ * Append "Name: value" to a header list, failing cleanly on OOM (the list
+ * stays the transfer's, and transfer_free releases it).
+ */
 static struct curl_slist *
 add_header(struct curl_slist *list, const char *line)
 {
 	struct curl_slist *n = curl_slist_append(list, line);
 
 	if (n == NULL)
-	{
-		curl_slist_free_all(list);
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("out of memory")));
-	}
 	return n;
 }
 
@@ -254,7 +255,7 @@ add_header(struct curl_slist *list, const char *line)
  * cleanup will find it).
  */
 static void
-setup_transfer(Transfer *t, LhdRequest *r, const char *user_agent)
+setup_transfer(Transfer *t, LhdRequest *r)
 {
 	CURL	   *c = t->easy;
 	char	   *url;
@@ -279,7 +280,7 @@ setup_transfer(Transfer *t, LhdRequest *r, const char *user_agent)
 	curl_easy_setopt(c, CURLOPT_HEADERDATA, t);
 	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, t->errbuf);
 
-	t->headers = add_header(t->headers, user_agent);
+	t->headers = add_header(t->headers, USER_AGENT);
 	if (r->auth == LHD_AUTH_BOT)
 	{
 		line = psprintf("Authorization: Bot %s", lhd_bot_token);
@@ -314,9 +315,13 @@ setup_transfer(Transfer *t, LhdRequest *r, const char *user_agent)
 			break;
 		case LHD_PUT:
 		case LHD_POST:
-			/* An empty body still sends Content-Length: 0, as Discord wants. */
+			/*
+			 * An empty body still sends Content-Length: 0, as Discord wants.
+			 * Not copied: r->body outlives the transfer, and a secret body
+			 * is then wiped in one place.
+			 */
 			curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long) (r->body ? strlen(r->body) : 0));
-			curl_easy_setopt(c, CURLOPT_COPYPOSTFIELDS, r->body ? r->body : "");
+			curl_easy_setopt(c, CURLOPT_POSTFIELDS, r->body ? r->body : "");
 			curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, lhd_method_names[r->method]);
 			if (r->body)
 				t->headers = add_header(t->headers,
@@ -353,15 +358,14 @@ start_transfer(LhdEngine *e, LhdHttp *h, LhdRequest *r)
 	t->prev = &h->active;
 	h->active.next->prev = t;
 	h->active.next = t;
-	setup_transfer(t, r, h->user_agent);
+	setup_transfer(t, r);
 
 	if (curl_multi_add_handle(h->multi, t->easy) != CURLM_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_SYSTEM_ERROR),
 				 errmsg("lhdiscord: could not start a Discord request")));
-	h->inflight++;
 	e->inflight++;
-	lhd_limiter_sent(h->limiter, r->route, r->major, now_ms());
+	lhd_limiter_sent(h->limiter, r->route, r->major, lhd_now_ms());
 	pg_atomic_fetch_add_u64(&lhd_shared->calls, 1);
 }
 
@@ -390,17 +394,18 @@ pause_sending(const char *reason)
 	lhd_set_last_error("%s", reason);
 }
 
-/* Turn a finished transfer into the request's response. */
+/*
+ * Fill r's status (0 on transport failure), body, error text and Discord
+ * error code from a finished transfer, in the current memory context; a
+ * retry_after or global flag in the body goes to t's rate headers.
+ */
 static void
-finish_transfer(LhdEngine *e, LhdHttp *h, Transfer *t, CURLcode code)
+read_response(Transfer *t, CURLcode code)
 {
 	LhdRequest *r = t->r;
 	long		status = 0;
-	MemoryContext old;
-	bool		requeue = false;
+	LhdJsonError err;
 
-	curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
-	old = MemoryContextSwitchTo(r->task->cxt);
 	r->resp_body = NULL;
 	r->error = NULL;
 	r->discord_code = 0;
@@ -409,26 +414,44 @@ finish_transfer(LhdEngine *e, LhdHttp *h, Transfer *t, CURLcode code)
 		r->status = 0;
 		r->error = pstrdup(t->overflow ? "response too large" :
 						   t->errbuf[0] ? t->errbuf : curl_easy_strerror(code));
+		return;
+	}
+	curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+	r->status = status;
+	r->resp_body = t->buf ? pstrdup(t->buf) : NULL;
+	if (status >= 400 && lhd_json_parse_error(t->buf, &err))
+	{
+		/* Discord's API errors carry message, its OAuth2 errors error. */
+		r->discord_code = err.code;
+		r->error = err.message ? err.message : err.oauth_error;
+		if (err.retry_after >= 0)
+			t->rh.retry_after = err.retry_after;
+		if (err.global)
+			t->rh.global = true;
+	}
+}
+
+/* Turn a finished transfer into the request's response. */
+static void
+finish_transfer(LhdEngine *e, LhdHttp *h, Transfer *t, CURLcode code)
+{
+	LhdRequest *r = t->r;
+	long		status;
+	MemoryContext old;
+	bool		requeue = false;
+
+	old = MemoryContextSwitchTo(r->task->cxt);
+	read_response(t, code);
+	status = r->status;
+	if (code != CURLE_OK)
+	{
 		lhd_limiter_abandoned(h->limiter, r->route, r->major);
 		pg_atomic_fetch_add_u64(&lhd_shared->transport_errors, 1);
 		lhd_set_last_error("%s: %s", r->route, r->error);
 	}
 	else
 	{
-		LhdJsonError err;
-
-		r->status = status;
-		r->resp_body = t->buf ? pstrdup(t->buf) : NULL;
-		if (status >= 400 && lhd_json_parse_error(t->buf, &err))
-		{
-			r->discord_code = err.code;
-			r->error = err.message ? err.message : err.oauth_error;
-			if (err.retry_after >= 0)
-				t->rh.retry_after = err.retry_after;
-			if (err.global)
-				t->rh.global = true;
-		}
-		lhd_limiter_response(h->limiter, r->route, r->major, &t->rh, status, now_ms());
+		lhd_limiter_response(h->limiter, r->route, r->major, &t->rh, status, lhd_now_ms());
 		if (status >= 200 && status < 300)
 			pg_atomic_fetch_add_u64(&lhd_shared->responses_2xx, 1);
 		else if (status >= 500)
@@ -463,7 +486,6 @@ finish_transfer(LhdEngine *e, LhdHttp *h, Transfer *t, CURLcode code)
 	t->prev->next = t->next;
 	t->next->prev = t->prev;
 	transfer_free(t);
-	h->inflight--;
 	e->inflight--;
 }
 
@@ -499,7 +521,7 @@ lhd_http_step(LhdEngine *e, int max_wait_ms)
 	int			running = 0;
 	ListCell   *lc;
 	List	   *still = NIL;
-	int64		now = now_ms();
+	int64		now = lhd_now_ms();
 
 	if (lhd_is_paused())
 	{
@@ -524,30 +546,27 @@ lhd_http_step(LhdEngine *e, int max_wait_ms)
 			complete_unsent(e, r, "lhdiscord.bot_token is not set");
 			continue;
 		}
-		delay = h->inflight < lhd_max_concurrency
+		delay = e->inflight < lhd_max_concurrency
 			? lhd_limiter_delay(h->limiter, r->route, r->major, now)
 			: LHD_LIMIT_WAIT_RESPONSE;
 		if (delay == 0)
 			start_transfer(e, h, r);
 		else
 		{
+			MemoryContext old = MemoryContextSwitchTo(e->cxt);
+
 			next_delay = Min(next_delay, delay);
 			still = lappend(still, r);
+			MemoryContextSwitchTo(old);
 		}
 	}
-	{
-		MemoryContext old = MemoryContextSwitchTo(e->cxt);
-
-		list_free(e->ready);
-		e->ready = list_copy(still);
-		list_free(still);
-		MemoryContextSwitchTo(old);
-	}
+	list_free(e->ready);
+	e->ready = still;
 
 	curl_multi_perform(h->multi, &running);
 	if (collect(e, h) > 0 || e->completed != NIL)
 		return;
-	if (h->inflight == 0 && e->ready == NIL)
+	if (e->inflight == 0 && e->ready == NIL)
 		return;
 
 	pgstat_report_wait_start(PG_WAIT_EXTENSION);
@@ -569,7 +588,7 @@ lhd_http_invalid_count(LhdEngine *e, bool *throttled)
 		*throttled = false;
 		return 0;
 	}
-	n = lhd_limiter_invalid_count(h->limiter, now_ms());
+	n = lhd_limiter_invalid_count(h->limiter, lhd_now_ms());
 	*throttled = n >= lhd_invalid_request_budget / 2;
 	return n;
 }
@@ -586,17 +605,8 @@ lhd_http_sync(LhdRequest *r)
 {
 	Transfer   *volatile t = NULL;
 	CURLM	   *volatile m = NULL;
-	char		ua[256];
 
-	if (!curl_ready)
-	{
-		if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-			ereport(ERROR,
-					(errcode(ERRCODE_SYSTEM_ERROR),
-					 errmsg("lhdiscord: could not initialise libcurl")));
-		curl_ready = true;
-	}
-	snprintf(ua, sizeof(ua), "User-Agent: DiscordBot (%s, %s)", LHD_PROJECT_URL, LHD_VERSION);
+	curl_init_once();
 	PG_TRY();
 	{
 		CURLMsg    *msg = NULL;
@@ -607,8 +617,11 @@ lhd_http_sync(LhdRequest *r)
 		if (m == NULL)
 			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
 		t = transfer_new();
-		setup_transfer(t, r, ua);
-		curl_multi_add_handle(m, t->easy);
+		setup_transfer(t, r);
+		if (curl_multi_add_handle(m, t->easy) != CURLM_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_SYSTEM_ERROR),
+					 errmsg("lhdiscord: could not start a Discord request")));
 		while (running)
 		{
 			curl_multi_perform(m, &running);
@@ -620,30 +633,8 @@ lhd_http_sync(LhdRequest *r)
 			CHECK_FOR_INTERRUPTS();
 		}
 		while ((msg = curl_multi_info_read(m, &left)) != NULL)
-		{
-			long		status = 0;
-
-			if (msg->msg != CURLMSG_DONE)
-				continue;
-			if (msg->data.result != CURLE_OK)
-			{
-				r->status = 0;
-				r->error = pstrdup(t->errbuf[0] ? t->errbuf : curl_easy_strerror(msg->data.result));
-			}
-			else
-			{
-				LhdJsonError err;
-
-				curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
-				r->status = status;
-				r->resp_body = t->buf ? pstrdup(t->buf) : NULL;
-				if (status >= 400 && lhd_json_parse_error(t->buf, &err))
-				{
-					r->discord_code = err.code;
-					r->error = err.oauth_error ? err.oauth_error : err.message;
-				}
-			}
-		}
+			if (msg->msg == CURLMSG_DONE)
+				read_response(t, msg->data.result);
 	}
 	PG_FINALLY();
 	{

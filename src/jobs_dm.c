@@ -159,14 +159,12 @@ send_part(LhdEngine *e, LhdTask *t)
 {
 	DmState    *st = t->state;
 	LhdRequest *r = lhd_task_request(t, LHD_OP_MESSAGE, "/channels/%s/messages", st->channel_id);
-	MemoryContext old = MemoryContextSwitchTo(t->cxt);
 
 	r->major = st->channel_id;
 	r->reason = NULL;
-	r->content_type = "application/json";
-	r->body = lhd_json_message_body(st->parts[st->sent],
-									psprintf(INT64_FORMAT "-%d", t->job_id, st->sent));
-	MemoryContextSwitchTo(old);
+	lhd_request_set_body(r, lhd_json_message_body(st->parts[st->sent],
+												  psprintf(INT64_FORMAT "-%d", t->job_id, st->sent)),
+						 "application/json", false);
 	lhd_task_send(e, t, r);
 }
 
@@ -174,12 +172,9 @@ static void
 open_channel(LhdEngine *e, LhdTask *t)
 {
 	LhdRequest *r = lhd_task_request(t, LHD_OP_DM_CHANNEL, "/users/@me/channels");
-	MemoryContext old = MemoryContextSwitchTo(t->cxt);
 
 	r->reason = NULL;
-	r->content_type = "application/json";
-	r->body = lhd_json_dm_channel_body(t->discord_user_id);
-	MemoryContextSwitchTo(old);
+	lhd_request_set_body(r, lhd_json_dm_channel_body(t->discord_user_id), "application/json", false);
 	lhd_task_send(e, t, r);
 }
 

@@ -39,13 +39,6 @@ typedef struct TokenJob
 	long		expires_in;
 } TokenJob;
 
-static void
-wipe(char *s)
-{
-	if (s)
-		explicit_bzero(s, strlen(s));
-}
-
 /* Load the account and decrypt one token column ($1 = job ids). */
 static void
 token_fill(LhdTask *t, int r, const char *column)
@@ -96,32 +89,37 @@ lhd_join_prepare(LhdEngine *e, List *tasks)
 	lhd_tasks_load(tasks, &plan, access_fill);
 }
 
+/* Fails the task unless its account is still linked with a usable token. */
+static bool
+token_job_usable(LhdEngine *e, LhdTask *t, const char *token_name)
+{
+	TokenJob   *st = t->state;
+
+	if (st == NULL || st->account_id == 0)
+	{
+		lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "the Discord account is no longer linked");
+		return false;
+	}
+	if (st->token == NULL)
+	{
+		lhd_task_finish(e, t, LHD_OUT_FAILED, 0,
+						psprintf("no usable %s token (missing, or it does not decrypt)", token_name));
+		return false;
+	}
+	return true;
+}
+
 void
 lhd_join_start(LhdEngine *e, LhdTask *t)
 {
 	TokenJob   *st = t->state;
 	LhdRequest *r;
 
-	if (st == NULL || st->account_id == 0)
-	{
-		lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "the Discord account is no longer linked");
+	if (!token_job_usable(e, t, "access"))
 		return;
-	}
-	if (st->token == NULL)
-	{
-		lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "no usable access token (missing, or it does not decrypt)");
-		return;
-	}
-	if (e->guild_id[0] == '\0')
-	{
-		lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "lhdiscord.guild_id is not set");
-		return;
-	}
 	r = lhd_task_request(t, LHD_OP_MEMBER_ADD, "/guilds/%s/members/%s", e->guild_id, t->discord_user_id);
-	r->body = lhd_json_join_body(st->token);
-	r->content_type = "application/json";
-	r->body_secret = true;
-	wipe(st->token);
+	lhd_request_set_body(r, lhd_json_join_body(st->token), "application/json", true);
+	lhd_wipe(st->token);
 	lhd_task_send(e, t, r);
 }
 
@@ -129,7 +127,7 @@ void
 lhd_join_response(LhdEngine *e, LhdTask *t, LhdRequest *r)
 {
 	if (r->body)
-		wipe(r->body);
+		lhd_wipe(r->body);
 	/* 201 Created: added; 204 No Content: already a member. */
 	if (lhd_response_ok(r))
 		lhd_task_finish(e, t, LHD_OUT_DONE, r->status, NULL);
@@ -171,33 +169,18 @@ lhd_refresh_start(LhdEngine *e, LhdTask *t)
 {
 	TokenJob   *st = t->state;
 	LhdRequest *r;
-	StringInfoData form;
 
-	if (st == NULL || st->account_id == 0)
-	{
-		lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "the Discord account is no longer linked");
+	if (!token_job_usable(e, t, "refresh"))
 		return;
-	}
-	if (st->token == NULL)
-	{
-		lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "no usable refresh token (missing, or it does not decrypt)");
-		return;
-	}
-	if (lhd_client_id[0] == '\0' || lhd_client_secret[0] == '\0')
+	if (!lhd_oauth_client_configured())
 	{
 		lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "lhdiscord.client_id and client_secret are not set");
 		return;
 	}
 	r = lhd_task_request(t, LHD_OP_OAUTH_TOKEN, "/oauth2/token");
-	initStringInfo(&form);
-	lhd_append_param(&form, "grant_type", "refresh_token");
-	lhd_append_param(&form, "refresh_token", st->token);
-	lhd_append_param(&form, "client_id", lhd_client_id);
-	lhd_append_param(&form, "client_secret", lhd_client_secret);
-	wipe(st->token);
-	r->body = form.data;
-	r->content_type = "application/x-www-form-urlencoded";
-	r->body_secret = true;
+	lhd_request_set_body(r, lhd_oauth_token_form("refresh_token", "refresh_token", st->token),
+						 "application/x-www-form-urlencoded", true);
+	lhd_wipe(st->token);
 	r->auth = LHD_AUTH_NONE;
 	r->reason = NULL;
 	lhd_task_send(e, t, r);
@@ -210,7 +193,7 @@ lhd_refresh_response(LhdEngine *e, LhdTask *t, LhdRequest *r)
 	LhdJsonToken tok;
 
 	if (r->body)
-		wipe(r->body);
+		lhd_wipe(r->body);
 	if (!lhd_response_ok(r))
 	{
 		lhd_task_finish_from(e, t, r);
@@ -218,16 +201,16 @@ lhd_refresh_response(LhdEngine *e, LhdTask *t, LhdRequest *r)
 	}
 	if (!lhd_json_parse_token(r->resp_body, &tok))
 	{
-		wipe(r->resp_body);
+		lhd_wipe(r->resp_body);
 		lhd_task_finish(e, t, LHD_OUT_FAILED, r->status, "malformed token response");
 		return;
 	}
-	wipe(r->resp_body);
+	lhd_wipe(r->resp_body);
 	st->new_access = MemoryContextStrdup(t->cxt, tok.access_token);
 	st->new_refresh = tok.refresh_token ? MemoryContextStrdup(t->cxt, tok.refresh_token) : NULL;
-	st->expires_in = tok.expires_in > 0 ? tok.expires_in : 604800;
-	wipe(tok.access_token);
-	wipe(tok.refresh_token);
+	st->expires_in = tok.expires_in > 0 ? tok.expires_in : LHD_DEFAULT_TOKEN_TTL;
+	lhd_wipe(tok.access_token);
+	lhd_wipe(tok.refresh_token);
 	lhd_task_finish(e, t, LHD_OUT_DONE, r->status, NULL);
 }
 
@@ -271,8 +254,8 @@ lhd_refresh_record(LhdEngine *e, List *tasks)
 			else
 				nulls[2] = 'n';
 			values[3] = Int64GetDatum(st->expires_in);
-			wipe(st->new_access);
-			wipe(st->new_refresh);
+			lhd_wipe(st->new_access);
+			lhd_wipe(st->new_refresh);
 			lhd_exec(&store_plan, values, nulls, false, 0);
 		}
 		else if (t->outcome == LHD_OUT_FAILED || t->outcome == LHD_OUT_DEAD)
@@ -306,8 +289,7 @@ lhd_queue_token_refreshes(void)
 	};
 	Datum		values[1] = {Int32GetDatum(lhd_token_refresh_margin)};
 
-	if (lhd_client_id == NULL || lhd_client_id[0] == '\0' ||
-		lhd_client_secret == NULL || lhd_client_secret[0] == '\0')
+	if (!lhd_oauth_client_configured())
 		return 0;
 	return lhd_exec(&plan, values, NULL, false, 0);
 }

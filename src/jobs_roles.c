@@ -29,7 +29,7 @@
 
 typedef struct RolesState
 {
-	LhdRoleInputs *in;
+	bool		applied_known;	/* held came from role_state */
 	LhdRoleSet	desired;
 	LhdRoleSet	managed;
 	LhdRoleSet	held;			/* what the member holds, as far as we know */
@@ -61,16 +61,12 @@ lhd_roles_prepare(LhdEngine *e, List *tasks)
 		LhdTask    *t = lfirst(lc);
 		MemoryContext old = MemoryContextSwitchTo(t->cxt);
 		RolesState *st = palloc0(sizeof(RolesState));
-		LhdRoleInputs *in = palloc(sizeof(LhdRoleInputs));
 
-		/* Copy into the task's context: the batch's SPI memory goes away. */
-		*in = inputs[i];
-		in->applied.n = 0;
-		in->applied.ids = NULL;
+		/* The sets are copied into the task: the batch's SPI memory goes. */
+		lhd_desired_roles(map, &inputs[i], &st->desired, &st->managed);
+		st->applied_known = inputs[i].applied_known;
 		for (int k = 0; k < inputs[i].applied.n; k++)
-			lhd_roleset_add(&in->applied, inputs[i].applied.ids[k]);
-		st->in = in;
-		lhd_desired_roles(map, in, &st->desired, &st->managed);
+			lhd_roleset_add(&st->held, inputs[i].applied.ids[k]);
 		st->worst = LHD_OUT_DONE;
 		t->state = st;
 		MemoryContextSwitchTo(old);
@@ -123,22 +119,8 @@ lhd_roles_start(LhdEngine *e, LhdTask *t)
 {
 	RolesState *st = t->state;
 
-	if (e->guild_id[0] == '\0')
-	{
-		ereport(WARNING,
-				(errmsg("lhdiscord: cannot converge roles: lhdiscord.guild_id is not set")));
-		lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "lhdiscord.guild_id is not set");
-		return;
-	}
-	if (st->in->applied_known)
-	{
-		MemoryContext old = MemoryContextSwitchTo(t->cxt);
-
-		for (int i = 0; i < st->in->applied.n; i++)
-			lhd_roleset_add(&st->held, st->in->applied.ids[i]);
-		MemoryContextSwitchTo(old);
+	if (st->applied_known)
 		send_diff(e, t);
-	}
 	else if (st->managed.n == 0)
 	{
 		/* Nothing is managed: nothing to read or change. */
@@ -154,12 +136,9 @@ static void
 note_failure(LhdTask *t, LhdRequest *r)
 {
 	RolesState *st = t->state;
-	bool		permanent;
-	LhdOutcome	o = lhd_classify(t, r, &permanent);
+	LhdOutcome	o = lhd_classify(t, r);
 
 	st->failures++;
-	if (r->paused)
-		t->uncounted = true;
 	if (st->first_failure == NULL || (o == LHD_OUT_FAILED && st->worst != LHD_OUT_FAILED))
 	{
 		st->first_failure = r;
@@ -226,12 +205,13 @@ lhd_roles_response(LhdEngine *e, LhdTask *t, LhdRequest *r)
 		lhd_task_finish(e, t, LHD_OUT_DONE, r->status, NULL);
 	else
 	{
+		char	   *summary = lhd_response_summary(st->first_failure);
+
 		if (st->worst == LHD_OUT_FAILED)
 			ereport(WARNING,
 					(errmsg("lhdiscord: role convergence of Discord user %s failed without retry: %s",
-							t->discord_user_id, lhd_response_summary(st->first_failure))));
-		lhd_task_finish(e, t, st->worst, st->first_failure->status,
-						lhd_response_summary(st->first_failure));
+							t->discord_user_id, summary)));
+		lhd_task_finish(e, t, st->worst, st->first_failure->status, summary);
 	}
 }
 
@@ -271,7 +251,7 @@ lhd_roles_record(LhdEngine *e, List *tasks)
 
 		if (st == NULL)
 			continue;
-		if (t->outcome == LHD_OUT_DONE && (st->fetched || st->in->applied_known))
+		if (t->outcome == LHD_OUT_DONE && (st->fetched || st->applied_known))
 		{
 			known_ids[nknown] = CStringGetTextDatum(t->discord_user_id);
 			known_sets[nknown++] = CStringGetTextDatum(lhd_roleset_literal(&st->held));

@@ -84,11 +84,6 @@ lhd_scan_start(LhdEngine *e, LhdTask *t)
 		lhd_task_finish(e, t, LHD_OUT_DONE, 0, NULL);
 		return;
 	}
-	if (e->guild_id[0] == '\0')
-	{
-		lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "lhdiscord.guild_id is not set");
-		return;
-	}
 	r = lhd_task_request(t, LHD_OP_MEMBERS_LIST, "/guilds/%s/members", e->guild_id);
 	r->query = MemoryContextStrdup(t->cxt, psprintf("limit=%d&after=%s", PAGE_SIZE,
 													st->after ? st->after : "0"));

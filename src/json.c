@@ -74,6 +74,8 @@ dump(json_t *root)
 	if (raw == NULL)
 		elog(ERROR, "lhdiscord: could not serialise JSON");
 	out = pstrdup(raw);
+	/* A guild join body holds an access token. */
+	explicit_bzero(raw, strlen(raw));
 	free(raw);
 	return out;
 }
@@ -197,7 +199,6 @@ lhd_json_parse_token(const char *body, LhdJsonToken *out)
 		return false;
 	out->access_token = dup_string(json_object_get(root, "access_token"));
 	out->refresh_token = dup_string(json_object_get(root, "refresh_token"));
-	out->scope = dup_string(json_object_get(root, "scope"));
 	v = json_object_get(root, "expires_in");
 	out->expires_in = json_is_integer(v) ? (long) json_integer_value(v) : 0;
 	json_decref(root);

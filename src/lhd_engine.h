@@ -20,6 +20,7 @@
 
 #include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
+#include "portability/instr_time.h"
 
 /* Discord's documented limit for message content, in characters. */
 #define LHD_MESSAGE_MAX 2000
@@ -89,24 +90,20 @@ typedef struct LhdRequest
 	const char *content_type;	/* of body */
 	const char *reason;			/* X-Audit-Log-Reason, or NULL */
 	LhdAuth		auth;
-	char	   *bearer;			/* secret; wiped when the request is freed */
+	char	   *bearer;			/* secret, owned and wiped by the caller */
 	bool		body_secret;	/* body holds secrets: never logged or recorded */
 	char	   *query;			/* after path, e.g. "limit=1000&after=0" */
 	const char *discord_user_id;	/* for fake_calls */
 	const char *role_id;		/* for fake_calls */
-	int			tag;			/* meaning defined by the task */
 
 	/* response */
 	long		status;			/* HTTP status; 0 = transport failure */
 	int			discord_code;	/* "code" of a Discord error body */
 	char	   *resp_body;
 	char	   *error;			/* transport or API error text */
-	double		retry_after;	/* seconds, from a 429 */
-	bool		global_limit;	/* the 429 was global */
 	bool		paused;			/* 401: sending is paused, not the job's fault */
 
 	struct LhdTask *task;
-	void	   *transport_data;
 } LhdRequest;
 
 /* A role set: sorted, unique Discord role ids. */
@@ -128,7 +125,6 @@ typedef struct LhdTask
 	char	   *reason;
 	char	   *payload;		/* jsonb as text */
 	int			outstanding;	/* requests not yet answered */
-	int			phase;
 	void	   *state;			/* kind-specific */
 
 	/* outcome */
@@ -164,12 +160,11 @@ typedef struct LhdRoleMap
 typedef struct LhdEngine
 {
 	MemoryContext cxt;
+	MemoryContext unit_caller_cxt;	/* current when the unit began */
 	bool		in_worker;		/* units are own transactions */
 	int			mode;			/* LhdApiMode, fixed for the drain */
 	char	   *guild_id;
-	int			max_jobs;
 	int			jobs_finished;
-	bool		claim_exhausted;
 
 	List	   *active;			/* LhdTask * running */
 	List	   *finished;		/* LhdTask * awaiting recording */
@@ -181,6 +176,16 @@ typedef struct LhdEngine
 
 	void	   *http;			/* live transport state (http.c) */
 } LhdEngine;
+
+/* Monotonic milliseconds, for pacing and the worker's schedule. */
+static inline int64
+lhd_now_ms(void)
+{
+	instr_time	t;
+
+	INSTR_TIME_SET_CURRENT(t);
+	return (int64) INSTR_TIME_GET_MILLISEC(t);
+}
 
 /* engine.c */
 extern LhdEngine *lhd_engine_create(bool in_worker, MemoryContext parent);
@@ -195,11 +200,13 @@ extern int	lhd_drain(bool in_worker, int max_jobs);
 extern void lhd_unit_begin(LhdEngine *e);
 extern void lhd_unit_end(LhdEngine *e);
 extern LhdRequest *lhd_task_request(LhdTask *t, LhdOp op, const char *fmt,...) pg_attribute_printf(3, 4);
+extern void lhd_request_set_body(LhdRequest *r, char *body, const char *content_type,
+								 bool secret);
 extern void lhd_task_send(LhdEngine *e, LhdTask *t, LhdRequest *r);
 extern void lhd_task_finish(LhdEngine *e, LhdTask *t, LhdOutcome outcome,
 							long status, const char *error);
 extern void lhd_task_finish_from(LhdEngine *e, LhdTask *t, LhdRequest *r);
-extern LhdOutcome lhd_classify(LhdTask *t, LhdRequest *r, bool *permanent_known);
+extern LhdOutcome lhd_classify(LhdTask *t, LhdRequest *r);
 extern bool lhd_response_ok(const LhdRequest *r);
 extern char *lhd_response_summary(const LhdRequest *r);
 

@@ -41,7 +41,6 @@ typedef struct LhdJsonToken
 	char	   *access_token;
 	char	   *refresh_token;
 	long		expires_in;
-	char	   *scope;
 } LhdJsonToken;
 
 extern bool lhd_json_parse_token(const char *body, LhdJsonToken *out);

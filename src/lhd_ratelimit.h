@@ -32,6 +32,7 @@ extern void lhd_limiter_sent(LhdLimiter *l, const char *route, const char *major
 extern void lhd_limiter_response(LhdLimiter *l, const char *route, const char *major,
 								 const LhdRateHeaders *h, long status, int64 now_ms);
 extern void lhd_limiter_abandoned(LhdLimiter *l, const char *route, const char *major);
+extern void lhd_limiter_forget_inflight(LhdLimiter *l);
 extern int	lhd_limiter_invalid_count(LhdLimiter *l, int64 now_ms);
 
 #endif							/* LHD_RATELIMIT_H */

@@ -45,7 +45,6 @@ typedef struct LhdShared
 extern LhdShared *lhd_shared;
 
 extern void lhd_shared_init(void);
-extern bool lhd_shared_available(void);
 extern void lhd_wake_worker(void);
 extern void lhd_set_last_error(const char *fmt,...) pg_attribute_printf(1, 2);
 extern void lhd_set_paused(bool paused, const char *reason);

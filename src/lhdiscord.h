@@ -85,6 +85,7 @@ extern void lhd_define_gucs(void);
 extern bool lhd_is_snowflake(const char *s);
 extern bool lhd_is_role_name(const char *s);
 extern void lhd_require_not_null(bool isnull, const char *argname);
+extern void lhd_raise_no_user(int64 user_id) pg_attribute_noreturn();
 extern char *lhd_require_snowflake(text *t, const char *what);
 extern char *lhd_require_text(text *t, const char *what, int minlen, int maxlen);
 extern bool lhd_is_loopback_host(const char *host, size_t len);
@@ -167,14 +168,19 @@ extern bytea *lhd_encrypt_token(const char *plaintext, const char *aad);
 extern char *lhd_decrypt_token(bytea *ciphertext, const char *aad);
 extern char *lhd_decrypt_token_soft(bytea *ciphertext, const char *aad);
 extern bool lhd_encryption_key_configured(void);
-extern void lhd_random_bytes(unsigned char *buf, size_t len);
+extern void lhd_wipe(char *s);
 extern char *lhd_random_token(size_t nbytes);
 extern char *lhd_sha256_hex(const char *data, size_t len);
 extern char *lhd_token_aad(const char *column, const char *discord_user_id);
 
 /* ---------- oauth.c ---------- */
 
+/* An access token's life when Discord's token response omits expires_in. */
+#define LHD_DEFAULT_TOKEN_TTL	(7 * 24 * 3600)
+
 extern void lhd_append_param(StringInfo buf, const char *name, const char *value);
+extern bool lhd_oauth_client_configured(void);
+extern char *lhd_oauth_token_form(const char *grant_type, const char *name, const char *value);
 
 /* ---------- accounts.c ---------- */
 

@@ -109,9 +109,7 @@ notify(PG_FUNCTION_ARGS)
 	SPI_connect();
 	values[0] = Int64GetDatum(user_id);
 	if (lhd_exec(&user_plan, values, NULL, true, 1) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("user " INT64_FORMAT " does not exist", user_id)));
+		lhd_raise_no_user(user_id);
 	wants = DatumGetBool(lhd_getattr(0, 1, &isnull));
 	if (!wants || PG_ARGISNULL(2))
 	{

@@ -78,6 +78,39 @@ lhd_append_param(StringInfo buf, const char *name, const char *value)
 	append_encoded(buf, value);
 }
 
+static bool
+is_set(const char *setting)
+{
+	return setting != NULL && setting[0] != '\0';
+}
+
+/* Are the client id and secret the token endpoint needs set? */
+bool
+lhd_oauth_client_configured(void)
+{
+	return is_set(lhd_client_id) && is_set(lhd_client_secret);
+}
+
+/*
+ * The form body of a token-endpoint request: grant_type, the grant's own
+ * parameter, and the client credentials (a secret: wipe it after use).
+ */
+char *
+lhd_oauth_token_form(const char *grant_type, const char *name, const char *value)
+{
+	StringInfoData form;
+
+	initStringInfo(&form);
+	lhd_append_param(&form, "grant_type", grant_type);
+	lhd_append_param(&form, name, value);
+	/* An authorization code is only valid with the redirect it was issued for. */
+	if (strcmp(grant_type, "authorization_code") == 0)
+		lhd_append_param(&form, "redirect_uri", lhd_redirect_uri);
+	lhd_append_param(&form, "client_id", lhd_client_id);
+	lhd_append_param(&form, "client_secret", lhd_client_secret);
+	return form.data;
+}
+
 /*
  * scheme://host[:port] of lhdiscord.api_base_url: the authorize page lives
  * on the API's host (discord.com normally; the mock server in tests).
@@ -97,9 +130,8 @@ authorize_origin(void)
 static void
 require_oauth_config(bool secret)
 {
-	if (lhd_client_id == NULL || lhd_client_id[0] == '\0' ||
-		lhd_redirect_uri == NULL || lhd_redirect_uri[0] == '\0' ||
-		(secret && (lhd_client_secret == NULL || lhd_client_secret[0] == '\0')))
+	if (!is_set(lhd_client_id) || !is_set(lhd_redirect_uri) ||
+		(secret && !lhd_oauth_client_configured()))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("Discord OAuth2 is not configured"),
@@ -131,12 +163,14 @@ begin_oauth(PG_FUNCTION_ARGS)
 	lhd_require_not_null(PG_ARGISNULL(0), "user_id");
 	user_id = PG_GETARG_INT64(0);
 
+	/* In the caller's context: the URL is built after SPI_finish. */
+	state = lhd_random_token(32);
+
 	SPI_connect();
 	/* The same gate and errors as link_account, before anything else. */
 	lhd_require_can_link(user_id, NULL);
 	require_oauth_config(false);
 
-	state = lhd_random_token(32);
 	values[0] = CStringGetTextDatum(lhd_sha256_hex(state, strlen(state)));
 	values[1] = Int64GetDatum(user_id);
 	values[2] = Int32GetDatum(lhd_oauth_state_ttl);
@@ -152,13 +186,6 @@ begin_oauth(PG_FUNCTION_ARGS)
 	lhd_append_param(&url, "scope", OAUTH_SCOPES);
 	lhd_append_param(&url, "state", state);
 	PG_RETURN_TEXT_P(cstring_to_text(url.data));
-}
-
-static void
-wipe(char *s)
-{
-	if (s)
-		explicit_bzero(s, strlen(s));
 }
 
 /* One synchronous OAuth request; fails the whole flow unless 2xx. */
@@ -179,13 +206,13 @@ oauth_call(LhdOp op, LhdMethod method, const char *path, char *body, char *beare
 	r->bearer = bearer;
 	lhd_http_sync(r);
 	if (body)
-		wipe(body);
+		lhd_wipe(body);
 	if (r->status == 0)
 		oauth_failed(psprintf("Discord could not be reached (%s): %s", what,
 							  r->error ? r->error : "no response"));
 	if (r->status < 200 || r->status >= 300)
 	{
-		wipe(r->resp_body);
+		lhd_wipe(r->resp_body);
 		oauth_failed(psprintf("Discord refused the %s (HTTP %ld%s%s).", what, r->status,
 							  r->error ? ", " : "", r->error ? r->error : ""));
 	}
@@ -232,7 +259,7 @@ complete_oauth(PG_FUNCTION_ARGS)
 	Datum		values[8];
 	char		nulls[8];
 	bool		isnull;
-	StringInfoData form;
+	char	   *form;
 	LhdRequest *r;
 	LhdJsonToken token;
 	LhdJsonUser me;
@@ -258,7 +285,7 @@ complete_oauth(PG_FUNCTION_ARGS)
 
 	/* 1. The state: issued to this user, unused, unexpired.  No lock taken. */
 	state_hash = lhd_sha256_hex(state, strlen(state));
-	wipe(state);
+	lhd_wipe(state);
 	values[0] = CStringGetTextDatum(state_hash);
 	if (lhd_exec(&check_plan, values, NULL, false, 1) == 0)
 		oauth_failed("The state is unknown.");
@@ -270,21 +297,16 @@ complete_oauth(PG_FUNCTION_ARGS)
 		oauth_failed("The state expired.");
 
 	/* 2. Exchange the code for tokens. */
-	initStringInfo(&form);
-	lhd_append_param(&form, "grant_type", "authorization_code");
-	lhd_append_param(&form, "code", code);
-	lhd_append_param(&form, "redirect_uri", lhd_redirect_uri);
-	lhd_append_param(&form, "client_id", lhd_client_id);
-	lhd_append_param(&form, "client_secret", lhd_client_secret);
-	wipe(code);
-	r = oauth_call(LHD_OP_OAUTH_TOKEN, LHD_POST, "/oauth2/token", form.data, NULL,
+	form = lhd_oauth_token_form("authorization_code", "code", code);
+	lhd_wipe(code);
+	r = oauth_call(LHD_OP_OAUTH_TOKEN, LHD_POST, "/oauth2/token", form, NULL,
 				   "authorization code");
-	if (!lhd_json_parse_token(r->resp_body, &token) || token.access_token == NULL)
+	if (!lhd_json_parse_token(r->resp_body, &token))
 	{
-		wipe(r->resp_body);
+		lhd_wipe(r->resp_body);
 		oauth_failed("Discord's token response could not be read.");
 	}
-	wipe(r->resp_body);
+	lhd_wipe(r->resp_body);
 
 	/* 3. Who authorized? */
 	r = oauth_call(LHD_OP_OAUTH_ME, LHD_GET, "/users/@me", NULL, token.access_token,
@@ -316,9 +338,9 @@ complete_oauth(PG_FUNCTION_ARGS)
 		values[6] = CStringGetTextDatum(token.refresh_token);
 	else
 		nulls[6] = 'n';
-	values[7] = Int64GetDatum(token.expires_in > 0 ? token.expires_in : 604800);
-	wipe(token.access_token);
-	wipe(token.refresh_token);
+	values[7] = Int64GetDatum(token.expires_in > 0 ? token.expires_in : LHD_DEFAULT_TOKEN_TTL);
+	lhd_wipe(token.access_token);
+	lhd_wipe(token.refresh_token);
 	lhd_exec(&link_plan, values, nulls, false, 1);
 	account_id = DatumGetInt64(lhd_getattr(0, 1, &isnull));
 	result = lhd_account_tuple(resultdesc, 0, callercxt);

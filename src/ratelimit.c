@@ -60,6 +60,9 @@ struct LhdLimiter
 	/* invalid requests, per second over WINDOW_SECONDS */
 	int			invalid[WINDOW_SECONDS];
 	int64		invalid_second[WINDOW_SECONDS];
+	/* their total, as of second invalid_total_at (-1: recount) */
+	int			invalid_total;
+	int64		invalid_total_at;
 };
 
 static void
@@ -81,19 +84,44 @@ lhd_limiter_create(MemoryContext cxt)
 	l->routes = hash_create("lhdiscord routes", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 	ctl.entrysize = sizeof(BucketEntry);
 	l->buckets = hash_create("lhdiscord buckets", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	l->invalid_total_at = -1;
 	return l;
 }
 
+/*
+ * The requests in flight died with their transport: none is outstanding.
+ * What was learned (buckets, blocks, invalid requests) stays.
+ */
+void
+lhd_limiter_forget_inflight(LhdLimiter *l)
+{
+	HASH_SEQ_STATUS seq;
+	RouteEntry *re;
+	BucketEntry *b;
+
+	hash_seq_init(&seq, l->routes);
+	while ((re = hash_seq_search(&seq)) != NULL)
+		re->inflight = 0;
+	hash_seq_init(&seq, l->buckets);
+	while ((b = hash_seq_search(&seq)) != NULL)
+		b->inflight = 0;
+}
+
+/* Invalid requests over the last WINDOW_SECONDS (recounted once a second). */
 int
 lhd_limiter_invalid_count(LhdLimiter *l, int64 now_ms)
 {
 	int64		sec = now_ms / 1000;
-	int			total = 0;
 
-	for (int i = 0; i < WINDOW_SECONDS; i++)
-		if (l->invalid_second[i] > sec - WINDOW_SECONDS)
-			total += l->invalid[i];
-	return total;
+	if (l->invalid_total_at != sec)
+	{
+		l->invalid_total = 0;
+		for (int i = 0; i < WINDOW_SECONDS; i++)
+			if (l->invalid_second[i] > sec - WINDOW_SECONDS)
+				l->invalid_total += l->invalid[i];
+		l->invalid_total_at = sec;
+	}
+	return l->invalid_total;
 }
 
 static BucketEntry *
@@ -209,6 +237,7 @@ count_invalid(LhdLimiter *l, int64 now_ms)
 		l->invalid[slot] = 0;
 	}
 	l->invalid[slot]++;
+	l->invalid_total_at = -1;
 }
 
 /* Learn from a response (any status) to a request sent on (route, major). */

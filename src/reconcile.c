@@ -850,9 +850,7 @@ require_user(int64 user_id)
 	Datum		values[1] = {Int64GetDatum(user_id)};
 
 	if (lhd_exec(&plan, values, NULL, false, 1) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("user " INT64_FORMAT " does not exist", user_id)));
+		lhd_raise_no_user(user_id);
 }
 
 /* reconcile_user(user_id bigint) -> SETOF the same row type (0 or 1 rows) */
@@ -970,9 +968,7 @@ restore_user(PG_FUNCTION_ARGS)
 	require_user(actor_id);
 	values[0] = Int64GetDatum(user_id);
 	if (lhd_exec(&user_plan, values, NULL, false, 1) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("user " INT64_FORMAT " does not exist", user_id)));
+		lhd_raise_no_user(user_id);
 	status = lhd_getattr_text(0, 1);
 	if (strcmp(status, "disabled") == 0)
 		ereport(ERROR,

@@ -421,9 +421,7 @@ sync_user(FunctionCallInfo fcinfo, int what, const char *fname)
 	SPI_connect();
 	values[0] = Int64GetDatum(user_id);
 	if (lhd_exec(&user_plan, values, NULL, false, 1) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("user " INT64_FORMAT " does not exist", user_id)));
+		lhd_raise_no_user(user_id);
 	level = lhd_getattr_text(0, 1);
 	dept = lhd_getattr_text(0, 2);
 	rank = lhd_getattr_text(0, 3);

@@ -118,12 +118,6 @@ lhd_shared_init(void)
 	RegisterXactCallback(wake_xact_callback, NULL);
 }
 
-bool
-lhd_shared_available(void)
-{
-	return shared_is_shmem;
-}
-
 /* Remember to wake the worker when the current transaction commits. */
 void
 lhd_request_worker_wake(void)

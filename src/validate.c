@@ -64,6 +64,15 @@ lhd_require_not_null(bool isnull, const char *argname)
 				 errmsg("%s must not be null", argname)));
 }
 
+/* The one error for a portal user id that does not exist (P0002). */
+void
+lhd_raise_no_user(int64 user_id)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_NO_DATA_FOUND),
+			 errmsg("user " INT64_FORMAT " does not exist", user_id)));
+}
+
 /* Returns the snowflake as a palloc'd C string, or raises 22P02. */
 char *
 lhd_require_snowflake(text *t, const char *what)

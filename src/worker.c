@@ -31,7 +31,6 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
-#include "portability/instr_time.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
@@ -54,7 +53,9 @@ PGDLLEXPORT void lhdiscord_worker_main(Datum main_arg);
 #define CLAIM_CHUNK			200
 #define RECORD_EVERY_MS		20
 
-static MemoryContext worker_cxt = NULL;
+static MemoryContext worker_cxt = NULL;	/* the engine, for the process's life */
+static MemoryContext iteration_cxt = NULL;	/* reset at each loop iteration */
+static MemoryContext burst_cxt = NULL;	/* reset at each pass of a burst */
 static LhdEngine *engine = NULL;
 static bool engine_stale = false;	/* settings changed: rebuild when idle */
 static int64 next_housekeeping = 0;
@@ -62,15 +63,6 @@ static int64 next_reconcile = 0;	/* 0 = not scheduled yet */
 
 /* True in the worker process: its own outbox writes need no wake-up. */
 bool		lhd_am_worker = false;
-
-static int64
-now_ms(void)
-{
-	instr_time	t;
-
-	INSTR_TIME_SET_CURRENT(t);
-	return (int64) INSTR_TIME_GET_MILLISEC(t);
-}
 
 void
 lhd_register_worker(void)
@@ -100,6 +92,8 @@ worker_unregister(int code, Datum arg)
 static void
 in_transaction(void (*fn) (void *), void *arg)
 {
+	MemoryContext caller = CurrentMemoryContext;
+
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	SPI_connect();
@@ -108,6 +102,8 @@ in_transaction(void (*fn) (void *), void *arg)
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	/* A commit leaves TopMemoryContext current: go back to the caller's. */
+	MemoryContextSwitchTo(caller);
 }
 
 /* ---------- is the extension there, at our version? ---------- */
@@ -121,11 +117,11 @@ check_extension(void *arg)
 		.sql = "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'lhdiscord'",
 		.nargs = 0
 	};
-	char	  **version = arg;
+	char	   *version = arg;		/* NAMEDATALEN bytes; "" = not installed */
 
-	*version = NULL;
+	version[0] = '\0';
 	if (lhd_exec(&plan, NULL, NULL, true, 1) == 1)
-		*version = MemoryContextStrdup(worker_cxt, lhd_getattr_text(0, 1));
+		strlcpy(version, lhd_getattr_text(0, 1), NAMEDATALEN);
 }
 
 /*
@@ -135,25 +131,25 @@ check_extension(void *arg)
 static bool
 extension_ready(void)
 {
-	static char *reported = NULL;
-	char	   *version;
+	static char reported[NAMEDATALEN];	/* version last logged, or "" */
+	char		version[NAMEDATALEN];
 
-	if (now_ms() < ext_checked_until)
+	if (lhd_now_ms() < ext_checked_until)
 		return true;
-	in_transaction(check_extension, &version);
-	if (version != NULL && strcmp(version, LHD_VERSION) == 0)
+	in_transaction(check_extension, version);
+	if (strcmp(version, LHD_VERSION) == 0)
 	{
-		reported = NULL;
-		ext_checked_until = now_ms() + HOUSEKEEPING_MS;
+		reported[0] = '\0';
+		ext_checked_until = lhd_now_ms() + HOUSEKEEPING_MS;
 		return true;
 	}
-	if (version != NULL && (reported == NULL || strcmp(reported, version) != 0))
+	if (version[0] != '\0' && strcmp(reported, version) != 0)
 	{
 		ereport(LOG,
 				(errmsg("lhdiscord worker: database \"%s\" has lhdiscord %s but the library is %s; waiting",
 						lhd_database, version, LHD_VERSION),
 				 errhint("Run ALTER EXTENSION lhdiscord UPDATE in that database.")));
-		reported = version;
+		strlcpy(reported, version, NAMEDATALEN);
 	}
 	return false;
 }
@@ -234,7 +230,7 @@ do_reconcile(void *arg)
 static void
 maybe_reconcile(void)
 {
-	int64		now = now_ms();
+	int64		now = lhd_now_ms();
 
 	if (engine != NULL && engine->reconcile_requested)
 	{
@@ -253,7 +249,7 @@ maybe_reconcile(void)
 	{
 		pgstat_report_activity(STATE_RUNNING, "lhdiscord: scheduled reconcile");
 		in_transaction(do_reconcile, "scheduled");
-		next_reconcile = now_ms() + (int64) lhd_reconcile_interval * 1000;
+		next_reconcile = lhd_now_ms() + (int64) lhd_reconcile_interval * 1000;
 	}
 }
 
@@ -297,12 +293,14 @@ publish_state(void)
 static void
 run_burst(void)
 {
+	MemoryContext caller = CurrentMemoryContext;
 	int			max_active = Max(lhd_max_concurrency * 4, 64);
 	bool		exhausted = false;
-	int64		last_record = now_ms();
+	int64		last_record = lhd_now_ms();
 	int64		last_publish = 0;
 
-	if (engine != NULL && engine_stale && engine->active == NIL)
+	/* Between bursts the engine is idle: rebuild it after a reload. */
+	if (engine != NULL && engine_stale)
 	{
 		MemoryContextDelete(engine->cxt);
 		engine = NULL;
@@ -318,6 +316,12 @@ run_burst(void)
 	{
 		int			room = max_active - list_length(engine->active);
 
+		/*
+		 * What a pass allocates outside the engine's and the tasks' contexts
+		 * (URLs, headers, parsed responses) is garbage by the next pass.
+		 */
+		MemoryContextReset(burst_cxt);
+		MemoryContextSwitchTo(burst_cxt);
 		CHECK_FOR_INTERRUPTS();
 		/* Busy bursts never reach WaitLatch: notice a dead postmaster here. */
 		if (!PostmasterIsAlive())
@@ -343,10 +347,10 @@ run_burst(void)
 		lhd_engine_check_stalled(engine);
 		if (engine->finished != NIL &&
 			(list_length(engine->finished) >= 100 || engine->active == NIL ||
-			 now_ms() - last_record >= RECORD_EVERY_MS))
+			 lhd_now_ms() - last_record >= RECORD_EVERY_MS))
 		{
 			lhd_engine_record(engine);
-			last_record = now_ms();
+			last_record = lhd_now_ms();
 		}
 		/* A commit queued more work while we were busy, or a job came back. */
 		if (MyLatch->is_set)
@@ -360,12 +364,14 @@ run_burst(void)
 			exhausted = false;
 		}
 		/* A throttled burst can last minutes: keep worker_status current. */
-		if (now_ms() - last_publish >= 250)
+		if (lhd_now_ms() - last_publish >= 250)
 		{
 			publish_state();
-			last_publish = now_ms();
+			last_publish = lhd_now_ms();
 		}
 	}
+	MemoryContextSwitchTo(caller);
+	MemoryContextReset(burst_cxt);
 	publish_state();
 }
 
@@ -382,24 +388,24 @@ worker_iteration(void)
 		idle_wait((int64) lhd_poll_interval * 1000);
 		return;
 	}
-	if (now_ms() >= next_housekeeping)
+	if (lhd_now_ms() >= next_housekeeping)
 	{
 		in_transaction(housekeeping, NULL);
-		next_housekeeping = now_ms() + HOUSEKEEPING_MS;
+		next_housekeeping = lhd_now_ms() + HOUSEKEEPING_MS;
 	}
 	run_burst();
 	maybe_reconcile();
 
 	sleep_ms = (int64) lhd_poll_interval * 1000;
 	if (next_reconcile > 0)
-		sleep_ms = Min(sleep_ms, Max(next_reconcile - now_ms(), 0));
+		sleep_ms = Min(sleep_ms, Max(next_reconcile - lhd_now_ms(), 0));
 	if (!lhd_is_paused())
 	{
 		in_transaction(next_due, &due);
 		if (due >= 0)
 			sleep_ms = Min(sleep_ms, due);
 	}
-	sleep_ms = Min(sleep_ms, Max(next_housekeeping - now_ms(), 0));
+	sleep_ms = Min(sleep_ms, Max(next_housekeeping - lhd_now_ms(), 0));
 	if (due == 0 && !lhd_is_paused())
 		return;					/* something is due right now */
 	idle_wait(sleep_ms);
@@ -456,6 +462,10 @@ lhdiscord_worker_main(Datum main_arg)
 	pgstat_report_appname("lhdiscord worker");
 	worker_cxt = AllocSetContextCreate(TopMemoryContext, "lhdiscord worker",
 									   ALLOCSET_DEFAULT_SIZES);
+	iteration_cxt = AllocSetContextCreate(worker_cxt, "lhdiscord worker iteration",
+										  ALLOCSET_DEFAULT_SIZES);
+	burst_cxt = AllocSetContextCreate(worker_cxt, "lhdiscord worker burst",
+									  ALLOCSET_DEFAULT_SIZES);
 	MemoryContextSwitchTo(worker_cxt);
 
 	/*
@@ -478,7 +488,8 @@ lhdiscord_worker_main(Datum main_arg)
 
 	for (;;)
 	{
-		MemoryContextSwitchTo(worker_cxt);
+		MemoryContextReset(iteration_cxt);
+		MemoryContextSwitchTo(iteration_cxt);
 		worker_iteration();
 	}
 }
