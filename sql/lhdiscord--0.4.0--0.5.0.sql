@@ -72,3 +72,8 @@ CREATE OR REPLACE VIEW lhdiscord.account_overview AS
 -- only columns no index covers, so with free space they touch no index.
 ALTER TABLE lhdiscord.outbox SET (fillfactor = 50);
 ALTER TABLE lhdiscord.role_state SET (fillfactor = 70);
+
+-- role_drift reads role_map: with the extension's rights, like status_map's
+-- own tables, so a role granted the view can read it.
+ALTER FUNCTION lhdiscord.role_drift(text, boolean, text, text, text, text[], text[])
+  SECURITY DEFINER SET search_path = pg_catalog, pg_temp;

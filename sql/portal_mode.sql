@@ -44,6 +44,18 @@ SELECT method, role FROM public.calls ORDER BY id;
 SELECT action, after_json FROM lhdiscord.audit_log
  WHERE after_json ? 'portal_role' ORDER BY id;
 
+-- Rewriting a mapped role's row without changing who holds it is no change:
+-- nothing queued, nothing audited.
+INSERT INTO lhdiscord.user_roles VALUES (1, 'hauling.member');
+SELECT lhdiscord.drain_outbox() AS drained;
+SELECT count(*) AS audits_before FROM lhdiscord.audit_log \gset
+UPDATE lhdiscord.user_roles SET granted_at = granted_at - interval '1 day'
+ WHERE user_id = 1 AND role = 'hauling.member';
+SELECT count(*) AS pending_after_touch FROM lhdiscord.outbox WHERE state = 'pending';
+SELECT count(*) - :audits_before AS audits_after_touch FROM lhdiscord.audit_log;
+DELETE FROM lhdiscord.user_roles WHERE role = 'hauling.member';
+SELECT lhdiscord.drain_outbox() AS drained;
+
 -- A changed mapping converges every active account.
 TRUNCATE lhdiscord.fake_calls;
 SELECT lhdiscord.map_role('traveler', '900000000000000109');

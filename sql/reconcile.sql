@@ -99,8 +99,13 @@ SELECT action, after_json - 'snapshot_id' - 'previous_snapshot_id' AS after_json
 -- The held snapshot is not evidence: reconcile still uses the previous one.
 SELECT snapshot_id = :empty_snap AS uses_held FROM lhdiscord.access_context();
 SELECT count(*) AS changes FROM lhdiscord.reconcile();
+-- Accepted by the calling role, not the functions' owner.
+SET ROLE lhd_app;
 SELECT lhdiscord.accept_snapshot(:empty_snap);
+RESET ROLE;
 SELECT lhdiscord.accept_snapshot(:empty_snap) AS again;
+SELECT accepted_by FROM lhdiscord.member_snapshots WHERE id = :empty_snap;
+SELECT description FROM lhdiscord.audit_log WHERE action = 'entitlement.snapshot_accepted';
 SELECT snapshot_id = :empty_snap AS uses_accepted FROM lhdiscord.access_context();
 SELECT count(*) AS audits_before FROM lhdiscord.audit_log \gset
 SELECT count(*) AS rows_returned FROM lhdiscord.reconcile();

@@ -68,3 +68,11 @@ SET ROLE lhd_app;
 SELECT lhdiscord.has_access(1);
 SELECT count(*) FROM lhdiscord.status_map;
 RESET ROLE;
+
+-- A role granted the view reads it whole (the functions behind it run with
+-- the extension's rights, like the view's own tables).
+GRANT SELECT ON lhdiscord.status_map TO lhd_app;
+SET ROLE lhd_app;
+SELECT user_id, entitled, effective_access, drift FROM lhdiscord.status_map ORDER BY user_id;
+RESET ROLE;
+REVOKE SELECT ON lhdiscord.status_map FROM lhd_app;

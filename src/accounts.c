@@ -24,7 +24,6 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
-#include "utils/datum.h"
 #include "utils/timestamp.h"
 
 #include "lhdiscord.h"
@@ -63,8 +62,8 @@ raise_unauthorized(const char *detail)
 			 errdetail("%s", detail)));
 }
 
-bool
-lhd_user_is_admin(int64 user_id)
+static bool
+user_is_admin(int64 user_id)
 {
 	static LhdPlan plan = {
 		.sql = "SELECT 1 FROM lhdiscord.user_roles WHERE user_id = $1 AND role = 'admin'",
@@ -157,6 +156,10 @@ lhd_account_tuple(TupleDesc resultdesc, int row, MemoryContext cxt)
 	bool	   *nulls = palloc(sizeof(bool) * resultdesc->natts);
 	HeapTuple	tuple;
 
+	/* Columns map by position: the row is the table's own row type. */
+	if (spidesc->natts != resultdesc->natts)
+		elog(ERROR, "lhdiscord: discord_accounts row has %d columns, the result type %d",
+			 spidesc->natts, resultdesc->natts);
 	heap_deform_tuple(SPI_tuptable->vals[row], spidesc, values, nulls);
 	for (int i = 0; i < resultdesc->natts; i++)
 	{
@@ -167,10 +170,8 @@ lhd_account_tuple(TupleDesc resultdesc, int row, MemoryContext cxt)
 			values[i] = (Datum) 0;
 			nulls[i] = true;
 		}
-		else if (!nulls[i])
-			values[i] = datumCopy(values[i], TupleDescAttr(resultdesc, i)->attbyval,
-								  TupleDescAttr(resultdesc, i)->attlen);
 	}
+	/* heap_form_tuple copies the values into cxt. */
 	tuple = heap_form_tuple(resultdesc, values, nulls);
 	MemoryContextSwitchTo(old);
 	return tuple;
@@ -376,16 +377,8 @@ link_account(PG_FUNCTION_ARGS)
 	 * that one commits we lose and report the duplicate, so exactly one of
 	 * two racing sessions wins.
 	 */
-	lhd_account_dml_begin("Discord account linked");
-	PG_TRY();
-	{
-		inserted = lhd_exec(&insert_plan, values, nulls, false, 1);
-	}
-	PG_FINALLY();
-	{
-		queued = lhd_account_dml_end();
-	}
-	PG_END_TRY();
+	inserted = lhd_exec_account_dml(&insert_plan, values, nulls, 1, "Discord account linked",
+									&queued);
 	if (inserted == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNIQUE_VIOLATION),
@@ -441,16 +434,7 @@ remove_account(int64 account_id, int64 actor_id, int64 owner_id,
 	 * predate it); with no account left it strips every managed role the
 	 * member holds.
 	 */
-	lhd_account_dml_begin(description);
-	PG_TRY();
-	{
-		lhd_exec(&delete_plan, values, NULL, false, 0);
-	}
-	PG_FINALLY();
-	{
-		queued = lhd_account_dml_end();
-	}
-	PG_END_TRY();
+	lhd_exec_account_dml(&delete_plan, values, NULL, 0, description, &queued);
 	if (!queued)
 		lhd_enqueue_convergence(discord_user_id, owner_id, description);
 
@@ -541,7 +525,7 @@ revoke_account(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	/* Authorise before revealing whether the account exists. */
-	if (!lhd_user_is_admin(admin_id))
+	if (!user_is_admin(admin_id))
 		raise_unauthorized("Only an admin can revoke a Discord account.");
 	if (!lock_account(account_id, &row))
 		raise_no_account(account_id);
@@ -583,7 +567,7 @@ accounts_of(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 
 	SPI_connect();
-	if (actor_id != user_id && !lhd_user_is_admin(actor_id))
+	if (actor_id != user_id && !user_is_admin(actor_id))
 		raise_unauthorized("Only the owner or an admin can list a user's Discord accounts.");
 
 	values[0] = Int64GetDatum(user_id);

@@ -42,6 +42,16 @@ static LhdPlan insert_plan = {
 };
 
 /* Write one audit row.  Caller must be connected to SPI. */
+/*
+ * The database role that acted: the caller's (SET ROLE) role, not the owner
+ * a SECURITY DEFINER function runs as.
+ */
+char *
+lhd_acting_role(void)
+{
+	return GetUserNameFromId(GetOuterUserId(), false);
+}
+
 void
 lhd_audit(const LhdAudit *a)
 {
@@ -162,7 +172,7 @@ purge_audit_log(PG_FUNCTION_ARGS)
 	a.entity = "audit_log";
 	a.after_json = after.data;
 	a.description = psprintf("Audit rows older than %s removed by %s",
-							 interval_text, GetUserNameFromId(GetUserId(), false));
+							 interval_text, lhd_acting_role());
 	lhd_audit(&a);
 	SPI_finish();
 

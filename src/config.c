@@ -113,13 +113,10 @@ check_api_base_url(char **newval, void **extra, GucSource source)
 		GUC_check_errdetail("The URL has no host.");
 		return false;
 	}
-	for (const char *p = url; *p; p++)
+	if (lhd_has_control_chars(url, true))
 	{
-		if ((unsigned char) *p <= ' ' || *p == 0x7f)
-		{
-			GUC_check_errdetail("The URL must not contain spaces or control characters.");
-			return false;
-		}
+		GUC_check_errdetail("The URL must not contain spaces or control characters.");
+		return false;
 	}
 	if (pg_strncasecmp(url, "http://", 7) == 0 &&
 		!lhd_is_loopback_host(host, hostlen))
@@ -173,13 +170,10 @@ check_redirect_uri(char **newval, void **extra, GucSource source)
 		GUC_check_errdetail("The redirect URI must be an http:// or https:// URL.");
 		return false;
 	}
-	for (const char *p = v; *p; p++)
+	if (lhd_has_control_chars(v, true))
 	{
-		if ((unsigned char) *p <= ' ' || *p == 0x7f)
-		{
-			GUC_check_errdetail("The redirect URI must not contain spaces or control characters.");
-			return false;
-		}
+		GUC_check_errdetail("The redirect URI must not contain spaces or control characters.");
+		return false;
 	}
 	return true;
 }
@@ -195,14 +189,11 @@ check_secret(char **newval, void **extra, GucSource source)
 
 	if (v == NULL)
 		return true;
-	for (const char *p = v; *p; p++)
+	if (lhd_has_control_chars(v, false))
 	{
-		if ((unsigned char) *p < ' ' || *p == 0x7f)
-		{
-			GUC_check_errmsg("invalid value for a secret lhdiscord parameter");
-			GUC_check_errdetail("The value must not contain control characters.");
-			return false;
-		}
+		GUC_check_errmsg("invalid value for a secret lhdiscord parameter");
+		GUC_check_errdetail("The value must not contain control characters.");
+		return false;
 	}
 	if (strlen(v) > LHD_TOKEN_MAX)
 	{
@@ -251,30 +242,20 @@ check_entitlement_key(char **newval, void **extra, GucSource source)
 static bool
 check_privileged_roles(char **newval, void **extra, GucSource source)
 {
-	char	   *copy;
-	char	   *tok;
-	char	   *save = NULL;
+	char	  **roles;
+	int			n;
 
 	if (*newval == NULL || (*newval)[0] == '\0')
 		return true;
-	copy = pstrdup(*newval);
-	for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+	n = lhd_split_list(*newval, &roles);
+	for (int i = 0; i < n; i++)
 	{
-		char	   *end;
-
-		while (*tok == ' ')
-			tok++;
-		end = tok + strlen(tok);
-		while (end > tok && end[-1] == ' ')
-			*--end = '\0';
-		if (!lhd_is_role_name(tok))
+		if (!lhd_is_role_name(roles[i]))
 		{
-			GUC_check_errdetail("\"%s\" is not a valid portal role name.", tok);
-			pfree(copy);
+			GUC_check_errdetail("\"%s\" is not a valid portal role name.", roles[i]);
 			return false;
 		}
 	}
-	pfree(copy);
 	return true;
 }
 

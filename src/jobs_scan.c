@@ -147,7 +147,8 @@ lhd_scan_record(LhdEngine *e, List *tasks)
 			nulls[1] = 'n';
 		lhd_exec(&cursor_plan, values, nulls, false, 0);
 		if (st->count > 0)
-			lhd_snapshot_add_members(st->snapshot_id, st->page);
+			lhd_snapshot_add_members(st->snapshot_id,
+									 DirectFunctionCall1(jsonb_in, CStringGetDatum(st->page)));
 		if (t->outcome == LHD_OUT_DONE)
 		{
 			lhd_snapshot_complete(st->snapshot_id, true);

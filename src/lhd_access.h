@@ -53,7 +53,7 @@ extern int	lhd_reconcile_user_internal(int64 user_id);
 extern int64 lhd_reconcile_all_internal(void);
 
 /* snapshot.c */
-extern int	lhd_snapshot_add_members(int64 snapshot_id, const char *members_json);
+extern int	lhd_snapshot_add_members(int64 snapshot_id, Datum members);
 extern bool lhd_snapshot_complete(int64 snapshot_id, bool from_scan);
 
 #endif							/* LHD_ACCESS_H */

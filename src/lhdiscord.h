@@ -25,14 +25,12 @@
 #include "lib/stringinfo.h"
 
 #define LHD_VERSION		"0.5.0"
-#define LHD_SCHEMA		"lhdiscord"
 #define LHD_PROJECT_URL	"https://github.com/lighthouse-portal/lhdiscord"
 
 /* Discord limits the extension enforces on input. */
 #define LHD_DISCORD_NAME_MAX	32	/* username and global_name */
 #define LHD_AVATAR_HASH_MAX		64
 #define LHD_TOKEN_MAX			4096
-#define LHD_PORTAL_NAME_MAX		255
 #define LHD_ROLE_NAME_MAX		100
 
 /* ---------- config.c ---------- */
@@ -88,6 +86,8 @@ extern void lhd_require_not_null(bool isnull, const char *argname);
 extern void lhd_raise_no_user(int64 user_id) pg_attribute_noreturn();
 extern char *lhd_require_snowflake(text *t, const char *what);
 extern char *lhd_require_text(text *t, const char *what, int minlen, int maxlen);
+extern bool lhd_has_control_chars(const char *s, bool space_too);
+extern int	lhd_split_list(const char *list, char ***items);
 extern bool lhd_is_loopback_host(const char *host, size_t len);
 
 /* ---------- spi_util.c ---------- */
@@ -119,6 +119,8 @@ extern int	lhd_exec(LhdPlan *p, Datum *values, const char *nulls,
 					 bool read_only, long count);
 extern Datum lhd_getattr(int row, int col, bool *isnull);
 extern char *lhd_getattr_text(int row, int col);
+extern Datum lhd_text_array(char **items, int n);
+extern void lhd_json_append_array(StringInfo buf, char **items, int n);
 extern void lhd_json_append_str(StringInfo buf, const char *key,
 								const char *val, bool *first);
 extern void lhd_json_append_raw(StringInfo buf, const char *key,
@@ -139,6 +141,7 @@ typedef struct LhdAudit
 } LhdAudit;
 
 extern void lhd_audit(const LhdAudit *a);
+extern char *lhd_acting_role(void);
 
 /* outbox.c (needs LhdAudit) */
 extern int	lhd_enqueue_user_convergence(int64 user_id, const char *reason,
@@ -146,11 +149,16 @@ extern int	lhd_enqueue_user_convergence(int64 user_id, const char *reason,
 
 /* ---------- outbox.c ---------- */
 
+extern void lhd_enqueue_all_convergences(const char *reason);
 extern void lhd_enqueue_convergence(const char *discord_user_id, int64 user_id,
 									const char *reason);
 
 extern int64 lhd_prune_outbox(int retention_seconds);
 extern void lhd_request_worker_wake(void);
+
+/* ---------- roles.c ---------- */
+
+extern char *lhd_role_id_for_key(const char *key);
 
 /* ---------- worker.c ---------- */
 
@@ -159,8 +167,8 @@ extern void lhd_register_worker(void);
 
 /* ---------- triggers.c ---------- */
 
-extern void lhd_account_dml_begin(const char *reason);
-extern bool lhd_account_dml_end(void);
+extern int	lhd_exec_account_dml(LhdPlan *plan, Datum *values, const char *nulls,
+								 long count, const char *reason, bool *queued);
 
 /* ---------- crypto.c ---------- */
 
@@ -184,7 +192,6 @@ extern char *lhd_oauth_token_form(const char *grant_type, const char *name, cons
 
 /* ---------- accounts.c ---------- */
 
-extern bool lhd_user_is_admin(int64 user_id);
 extern void lhd_require_can_link(int64 user_id, const char *discord_user_id);
 extern HeapTuple lhd_account_tuple(TupleDesc resultdesc, int row, MemoryContext cxt);
 

@@ -132,14 +132,7 @@ notify(PG_FUNCTION_ARGS)
 
 	nparts = lhd_split_message(content, LHD_MESSAGE_MAX, &parts);
 	initStringInfo(&json);
-	appendStringInfoChar(&json, '[');
-	for (int i = 0; i < nparts; i++)
-	{
-		if (i > 0)
-			appendStringInfoChar(&json, ',');
-		escape_json(&json, parts[i]);
-	}
-	appendStringInfoChar(&json, ']');
+	lhd_json_append_array(&json, parts, nparts);
 
 	values[1] = CStringGetTextDatum(name);
 	values[2] = CStringGetTextDatum(json.data);

@@ -26,9 +26,6 @@
 
 PG_FUNCTION_INFO_V1(prune_outbox);
 
-/* Rows deleted per statement, so pruning never holds many locks. */
-#define PRUNE_BATCH 10000
-
 #define CONVERGENCE_UPSERT \
 	"ON CONFLICT (discord_user_id) WHERE kind = 'roles' AND state IN ('pending', 'in_flight') " \
 	"DO UPDATE SET generation = lhdiscord.outbox.generation + 1, " \
@@ -53,6 +50,22 @@ lhd_enqueue_convergence(const char *discord_user_id, int64 user_id, const char *
 		nulls[1] = 'n';
 	values[2] = CStringGetTextDatum(reason ? reason : "lhdiscord");
 	lhd_exec(&plan, values, nulls, false, 0);
+}
+
+/* Queue (or fold into) the convergence of every active Discord account. */
+void
+lhd_enqueue_all_convergences(const char *reason)
+{
+	static LhdPlan plan = {
+		.sql = "INSERT INTO lhdiscord.outbox (kind, discord_user_id, user_id, reason) "
+		"SELECT 'roles', a.discord_user_id, a.user_id, $1 "
+		"FROM lhdiscord.discord_accounts a WHERE a.status = 'active' " CONVERGENCE_UPSERT,
+		.nargs = 1,
+		.argtypes = {TEXTOID}
+	};
+	Datum		values[1] = {CStringGetTextDatum(reason)};
+
+	lhd_exec(&plan, values, NULL, false, 0);
 }
 
 /*
@@ -111,24 +124,15 @@ int64
 lhd_prune_outbox(int retention_seconds)
 {
 	static LhdPlan plan = {
-		.sql = "DELETE FROM lhdiscord.outbox WHERE id IN ("
-		"  SELECT id FROM lhdiscord.outbox "
-		"   WHERE finished_at < now() - $1 * interval '1 second' LIMIT $2)",
-		.nargs = 2,
-		.argtypes = {INT4OID, INT4OID}
+		.sql = "DELETE FROM lhdiscord.outbox WHERE finished_at < now() - $1 * interval '1 second'",
+		.nargs = 1,
+		.argtypes = {INT4OID}
 	};
-	Datum		values[2] = {Int32GetDatum(retention_seconds), Int32GetDatum(PRUNE_BATCH)};
-	int64		total = 0;
-	int			n;
+	Datum		values[1] = {Int32GetDatum(retention_seconds)};
 
 	if (retention_seconds <= 0)
 		return 0;
-	do
-	{
-		n = lhd_exec(&plan, values, NULL, false, 0);
-		total += n;
-	} while (n == PRUNE_BATCH);
-	return total;
+	return lhd_exec(&plan, values, NULL, false, 0);
 }
 
 /*

@@ -29,7 +29,6 @@
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "funcapi.h"
-#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -129,17 +128,7 @@ lhd_access_context(LhdAccessContext *ctx)
 		"ORDER BY taken_at DESC, id DESC LIMIT 1",
 		.nargs = 0
 	};
-	static LhdPlan role_plan = {
-		.sql = "SELECT discord_role_id FROM lhdiscord.role_map "
-		"WHERE key = $1 AND discord_role_id IS NOT NULL AND discord_role_id <> ''",
-		.nargs = 1,
-		.argtypes = {TEXTOID}
-	};
-	Datum		values[1];
 	bool		isnull;
-	char	   *list;
-	char	   *tok;
-	char	   *save = NULL;
 
 	memset(ctx, 0, sizeof(*ctx));
 	ctx->portal_leading = (lhd_governance_mode == LHD_GOV_PORTAL_LEADING);
@@ -152,34 +141,15 @@ lhd_access_context(LhdAccessContext *ctx)
 		ctx->fresh = ctx->snapshot_age <= (double) lhd_snapshot_max_age;
 	}
 	ctx->entitlement_key = pstrdup(lhd_entitlement_key);
-	values[0] = CStringGetTextDatum(ctx->entitlement_key);
-	if (lhd_exec(&role_plan, values, NULL, true, 1) == 1)
-		ctx->entitlement_role_id = lhd_getattr_text(0, 1);
-
-	list = pstrdup(lhd_privileged_roles ? lhd_privileged_roles : "");
-	ctx->privileged = palloc(sizeof(char *) * (strlen(list) / 2 + 2));
-	for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
-	{
-		char	   *end;
-
-		while (*tok == ' ')
-			tok++;
-		end = tok + strlen(tok);
-		while (end > tok && end[-1] == ' ')
-			*--end = '\0';
-		if (*tok)
-			ctx->privileged[ctx->nprivileged++] = tok;
-	}
+	ctx->entitlement_role_id = lhd_role_id_for_key(ctx->entitlement_key);
+	/* The setting's check hook accepts only valid role names. */
+	ctx->nprivileged = lhd_split_list(lhd_privileged_roles, &ctx->privileged);
 }
 
-static Datum
-text_array(char **items, int n)
+static const char *
+mode_name(const LhdAccessContext *ctx)
 {
-	Datum	   *elems = palloc(sizeof(Datum) * (n + 1));
-
-	for (int i = 0; i < n; i++)
-		elems[i] = CStringGetTextDatum(items[i]);
-	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+	return ctx->portal_leading ? "portal_leading" : "discord_leading";
 }
 
 static const char *
@@ -213,7 +183,7 @@ access_context(PG_FUNCTION_ARGS)
 	{
 		MemoryContext old = MemoryContextSwitchTo(callercxt);
 
-		values[0] = CStringGetTextDatum(ctx.portal_leading ? "portal_leading" : "discord_leading");
+		values[0] = CStringGetTextDatum(mode_name(&ctx));
 		values[1] = Int64GetDatum(ctx.snapshot_id);
 		nulls[1] = ctx.snapshot_id == 0;
 		values[2] = TimestampTzGetDatum(ctx.snapshot_taken_at);
@@ -224,7 +194,7 @@ access_context(PG_FUNCTION_ARGS)
 		values[5] = CStringGetTextDatum(ctx.entitlement_key);
 		values[6] = ctx.entitlement_role_id ? CStringGetTextDatum(ctx.entitlement_role_id) : (Datum) 0;
 		nulls[6] = ctx.entitlement_role_id == NULL;
-		values[7] = text_array(ctx.privileged, ctx.nprivileged);
+		values[7] = lhd_text_array(ctx.privileged, ctx.nprivileged);
 		tuple = heap_form_tuple(desc, values, nulls);
 		MemoryContextSwitchTo(old);
 	}
@@ -286,19 +256,24 @@ access_context(PG_FUNCTION_ARGS)
 	"LEFT JOIN lhdiscord.user_roles ent ON ent.user_id = u.user_id AND ent.role = $4 " \
 	"CROSS JOIN LATERAL (SELECT ent.user_id IS NOT NULL AS entitled) e "
 
-#define CANDIDATE_PLAN(entitled, privileged_filter, last) { \
+#define CANDIDATE_PLAN(entitled, privileged_filter, last, cursor_options) { \
 	.sql = CANDIDATE_COLUMNS "FROM lhdiscord.users u " entitled PRIVILEGED_JOINS(privileged_filter) \
 		CANDIDATE_FILTER last, \
 	.nargs = 6, \
 	.argtypes = {INT8OID, BOOLOID, TEXTOID, TEXTOID, TEXTARRAYOID, INT8OID}, \
-	.options = LHD_PLAN_FRESH | CURSOR_OPT_PARALLEL_OK }
+	.options = (cursor_options) }
+
+/* The full pass may use parallel query; one user's lookups never would. */
+#define ALL_USERS_PLAN	(LHD_PLAN_FRESH | CURSOR_OPT_PARALLEL_OK)
+#define ONE_USER_PLAN	LHD_PLAN_FRESH
 
 /* [portal_leading][one user]; $6 is the one user, unused for everyone. */
 static LhdPlan candidates[2][2] = {
-	{CANDIDATE_PLAN(DISCORD_ENTITLED(""), "", "ORDER BY u.user_id"),
-	CANDIDATE_PLAN(DISCORD_ENTITLED(" AND a.user_id = $6"), " AND user_id = $6", "AND u.user_id = $6")},
-	{CANDIDATE_PLAN(PORTAL_ENTITLED, "", "ORDER BY u.user_id"),
-	CANDIDATE_PLAN(PORTAL_ENTITLED, " AND user_id = $6", "AND u.user_id = $6")},
+	{CANDIDATE_PLAN(DISCORD_ENTITLED(""), "", "ORDER BY u.user_id", ALL_USERS_PLAN),
+		CANDIDATE_PLAN(DISCORD_ENTITLED(" AND a.user_id = $6"), " AND user_id = $6",
+					   "AND u.user_id = $6", ONE_USER_PLAN)},
+	{CANDIDATE_PLAN(PORTAL_ENTITLED, "", "ORDER BY u.user_id", ALL_USERS_PLAN),
+		CANDIDATE_PLAN(PORTAL_ENTITLED, " AND user_id = $6", "AND u.user_id = $6", ONE_USER_PLAN)},
 };
 
 typedef struct Change
@@ -330,19 +305,6 @@ typedef struct RunResult
 	bool		aborted;
 } RunResult;
 
-static void
-append_json_array(StringInfo buf, char **items, int n)
-{
-	appendStringInfoChar(buf, '[');
-	for (int i = 0; i < n; i++)
-	{
-		if (i > 0)
-			appendStringInfoString(buf, ", ");
-		escape_json(buf, items[i]);
-	}
-	appendStringInfoChar(buf, ']');
-}
-
 /* after_json of an entitlement.reconcile row: the decision and its evidence. */
 static char *
 decision_json(const Change *c, const LhdAccessContext *ctx, const char *new_status)
@@ -355,7 +317,7 @@ decision_json(const Change *c, const LhdAccessContext *ctx, const char *new_stat
 	lhd_json_append_str(&b, "decision", new_status, &first);
 	lhd_json_append_str(&b, "action", c->action, &first);
 	lhd_json_append_str(&b, "rule", lhd_rule_name(c->d.rule), &first);
-	lhd_json_append_str(&b, "mode", ctx->portal_leading ? "portal_leading" : "discord_leading", &first);
+	lhd_json_append_str(&b, "mode", mode_name(ctx), &first);
 	lhd_json_append_raw(&b, "snapshot_id", ctx->snapshot_id ? psprintf(INT64_FORMAT, ctx->snapshot_id) : NULL, &first);
 	lhd_json_append_raw(&b, "snapshot_age_seconds",
 						ctx->snapshot_id ? psprintf("%.0f", floor(ctx->snapshot_age)) : NULL, &first);
@@ -369,7 +331,7 @@ decision_json(const Change *c, const LhdAccessContext *ctx, const char *new_stat
 		StringInfoData roles;
 
 		initStringInfo(&roles);
-		append_json_array(&roles, c->strip ? c->roles : NULL, c->strip ? c->nroles : 0);
+		lhd_json_append_array(&roles, c->strip ? c->roles : NULL, c->strip ? c->nroles : 0);
 		lhd_json_append_raw(&b, "roles_removed", roles.data, &first);
 	}
 	lhd_json_append_raw(&b, "sessions_revoked", c->revoke ? "true" : "false", &first);
@@ -395,7 +357,7 @@ collect_changes(const LhdAccessContext *ctx, int64 only_user, RunResult *res)
 	else
 		nulls[2] = 'n';
 	values[3] = CStringGetTextDatum(ctx->entitlement_key);
-	values[4] = text_array(ctx->privileged, ctx->nprivileged);
+	values[4] = lhd_text_array(ctx->privileged, ctx->nprivileged);
 	values[5] = Int64GetDatum(only_user);
 	if (only_user == 0)
 		nulls[5] = 'n';
@@ -622,7 +584,7 @@ apply_chunk(const LhdAccessContext *ctx, RunResult *res, int from, int to)
 				StringInfoData roles;
 
 				initStringInfo(&roles);
-				append_json_array(&roles, c->roles, c->nroles);
+				lhd_json_append_array(&roles, c->roles, c->nroles);
 				lhd_json_append_raw(&before, "roles", roles.data, &first);
 			}
 			appendStringInfoChar(&before, '}');
@@ -648,7 +610,7 @@ apply_chunk(const LhdAccessContext *ctx, RunResult *res, int from, int to)
 			lhd_json_append_str(&after, "prevented", "suspended", &first);
 			lhd_json_append_raw(&after, "in_scope", c->in_scope ? "true" : "false", &first);
 			lhd_json_append_raw(&after, "entitled", c->entitled ? "true" : "false", &first);
-			lhd_json_append_str(&after, "mode", ctx->portal_leading ? "portal_leading" : "discord_leading", &first);
+			lhd_json_append_str(&after, "mode", mode_name(ctx), &first);
 			lhd_json_append_raw(&after, "snapshot_id", ctx->snapshot_id ? psprintf(INT64_FORMAT, ctx->snapshot_id) : NULL, &first);
 			lhd_json_append_str(&after, "snapshot_state", snapshot_state(ctx), &first);
 			appendStringInfoChar(&after, '}');
@@ -760,7 +722,7 @@ run_reconcile(int64 only_user, bool dry_run, bool force, LhdAccessContext *ctx, 
 										res->leavers, res->active_users,
 										res->active_users ? 100.0 * res->leavers / res->active_users : 100.0,
 										lhd_reconcile_max_suspend_percent,
-										ctx->portal_leading ? "portal_leading" : "discord_leading",
+										mode_name(ctx),
 										ctx->snapshot_id ? psprintf(INT64_FORMAT, ctx->snapshot_id) : "null",
 										snapshot_state(ctx));
 				a.description = psprintf("Reconcile aborted: it would suspend %d of " INT64_FORMAT " active users",
@@ -772,16 +734,11 @@ run_reconcile(int64 only_user, bool dry_run, bool force, LhdAccessContext *ctx, 
 							dry_run ? "would abort" : "aborted", res->leavers, res->active_users,
 							lhd_reconcile_max_suspend_percent),
 					 errdetail("Snapshot %s, mode %s.", snapshot_state(ctx),
-							   ctx->portal_leading ? "portal_leading" : "discord_leading"),
+							   mode_name(ctx)),
 					 errhint("Check the member snapshot; run lhdiscord.reconcile(force => true) to proceed anyway.")));
-			if (!dry_run)
-			{
-				AtEOXact_GUC(true, save_nestlevel);
-				return;
-			}
 		}
 	}
-	if (!dry_run)
+	if (!dry_run && !res->aborted)
 		apply_changes(ctx, res);
 	AtEOXact_GUC(true, save_nestlevel);
 }
@@ -989,12 +946,12 @@ restore_user(PG_FUNCTION_ARGS)
 	lhd_exec(&activate_plan, values, NULL, false, 0);
 	if (n > 0)
 	{
-		values[1] = text_array(roles, n);
+		values[1] = lhd_text_array(roles, n);
 		lhd_exec(&grant_plan, values, NULL, false, 0);
 	}
 
 	initStringInfo(&list);
-	append_json_array(&list, roles, n);
+	lhd_json_append_array(&list, roles, n);
 	initStringInfo(&after);
 	appendStringInfo(&after, "{\"status\": \"active\", \"roles_restored\": %s}", list.data);
 	a.action = "entitlement.restore";

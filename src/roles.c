@@ -21,13 +21,10 @@
  */
 #include "postgres.h"
 
-#include "access/htup_details.h"
 #include "catalog/pg_type.h"
-#include "commands/trigger.h"
 #include "fmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/lsyscache.h"
 
 #include "lhdiscord.h"
 #include "lhd_engine.h"
@@ -245,6 +242,23 @@ lhd_rolemap_load(void)
 	return map;
 }
 
+/* The Discord role mapped to a key, or NULL when the key is unmapped. */
+char *
+lhd_role_id_for_key(const char *key)
+{
+	static LhdPlan plan = {
+		.sql = "SELECT discord_role_id FROM lhdiscord.role_map "
+		"WHERE key = $1 AND discord_role_id IS NOT NULL AND discord_role_id <> ''",
+		.nargs = 1,
+		.argtypes = {TEXTOID}
+	};
+	Datum		values[1] = {CStringGetTextDatum(key)};
+
+	if (lhd_exec(&plan, values, NULL, true, 1) == 0)
+		return NULL;
+	return lhd_getattr_text(0, 1);
+}
+
 static const char *
 rolemap_get(const LhdRoleMap *map, const char *key)
 {
@@ -316,8 +330,7 @@ desired_roles(PG_FUNCTION_ARGS)
 	LhdRoleMap *map;
 	LhdRoleInputs *in;
 	LhdRoleSet	desired;
-	Datum	   *elems;
-	ArrayType  *result;
+	Datum		result;
 
 	lhd_require_not_null(PG_ARGISNULL(0), "discord_user_id");
 	id = lhd_require_snowflake(PG_GETARG_TEXT_PP(0), "Discord user id");
@@ -329,14 +342,11 @@ desired_roles(PG_FUNCTION_ARGS)
 	{
 		MemoryContext old = MemoryContextSwitchTo(callercxt);
 
-		elems = palloc(sizeof(Datum) * (desired.n + 1));
-		for (int i = 0; i < desired.n; i++)
-			elems[i] = CStringGetTextDatum(desired.ids[i]);
-		result = construct_array(elems, desired.n, TEXTOID, -1, false, TYPALIGN_INT);
+		result = lhd_text_array(desired.ids, desired.n);
 		MemoryContextSwitchTo(old);
 	}
 	SPI_finish();
-	PG_RETURN_ARRAYTYPE_P(result);
+	PG_RETURN_DATUM(result);
 }
 
 /*
@@ -360,13 +370,10 @@ lhd_role_inputs_load(char **ids, int n)
 		.options = LHD_PLAN_FRESH
 	};
 	LhdRoleInputs *out = palloc0(sizeof(LhdRoleInputs) * n);
-	Datum	   *elems = palloc(sizeof(Datum) * n);
 	Datum		values[1];
 	int			rows;
 
-	for (int i = 0; i < n; i++)
-		elems[i] = CStringGetTextDatum(ids[i]);
-	values[0] = PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[0] = lhd_text_array(ids, n);
 	rows = lhd_exec(&plan, values, NULL, true, 0);
 	for (int r = 0; r < rows; r++)
 	{
@@ -507,25 +514,15 @@ role_drift(PG_FUNCTION_ARGS)
 
 	if (map == NULL)
 	{
-		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
-		LhdRoleMap *copy;
+		MemoryContext spicxt;
 
 		SPI_connect();
+		/* Loaded straight into fn_mcxt: it outlives SPI, for every row. */
+		spicxt = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
 		map = lhd_rolemap_load();
-		MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
-		copy = palloc0(sizeof(LhdRoleMap));
-		copy->n = map->n;
-		copy->portal_leading = map->portal_leading;
-		copy->keys = palloc(sizeof(char *) * (map->n + 1));
-		copy->ids = palloc(sizeof(char *) * (map->n + 1));
-		for (int i = 0; i < map->n; i++)
-		{
-			copy->keys[i] = pstrdup(map->keys[i]);
-			copy->ids[i] = pstrdup(map->ids[i]);
-		}
+		MemoryContextSwitchTo(spicxt);
 		SPI_finish();
-		MemoryContextSwitchTo(old);
-		fcinfo->flinfo->fn_extra = map = copy;
+		fcinfo->flinfo->fn_extra = map;
 	}
 
 	in.account_exists = !PG_ARGISNULL(0);

@@ -30,25 +30,28 @@ PG_FUNCTION_INFO_V1(load_snapshot);
 PG_FUNCTION_INFO_V1(accept_snapshot);
 PG_FUNCTION_INFO_V1(request_member_scan);
 
-/* Store one page (a JSON array of guild members); returns members added. */
+/*
+ * Store guild members (a jsonb array, as List Guild Members returns them);
+ * returns members added.  Members already stored are skipped.
+ */
 int
-lhd_snapshot_add_members(int64 snapshot_id, const char *members_json)
+lhd_snapshot_add_members(int64 snapshot_id, Datum members)
 {
 	static LhdPlan insert_plan = {
 		.sql = "INSERT INTO lhdiscord.snapshot_members (snapshot_id, discord_user_id, role_ids) "
 		"SELECT $1, m->'user'->>'id', "
 		"       ARRAY(SELECT jsonb_array_elements_text(coalesce(m->'roles', '[]'))) "
-		"FROM jsonb_array_elements($2::jsonb) AS m "
+		"FROM jsonb_array_elements($2) AS m "
 		"ON CONFLICT (snapshot_id, discord_user_id) DO NOTHING",
 		.nargs = 2,
-		.argtypes = {INT8OID, TEXTOID}
+		.argtypes = {INT8OID, JSONBOID}
 	};
 	static LhdPlan count_plan = {
 		.sql = "UPDATE lhdiscord.member_snapshots SET member_count = member_count + $2 WHERE id = $1",
 		.nargs = 2,
 		.argtypes = {INT8OID, INT4OID}
 	};
-	Datum		values[2] = {Int64GetDatum(snapshot_id), CStringGetTextDatum(members_json)};
+	Datum		values[2] = {Int64GetDatum(snapshot_id), members};
 	int			n = lhd_exec(&insert_plan, values, NULL, false, 0);
 
 	values[1] = Int32GetDatum(n);
@@ -174,7 +177,6 @@ load_snapshot(PG_FUNCTION_ARGS)
 	TimestampTz taken_at;
 	int64		id;
 	Datum		values[1];
-	char	   *text;
 
 	lhd_require_not_null(PG_ARGISNULL(0), "members");
 	members = PG_GETARG_JSONB_P(0);
@@ -196,14 +198,14 @@ load_snapshot(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("members[%s] is not a guild member object", lhd_getattr_text(0, 1)),
 				 errdetail("Each element needs user.id and an optional roles array, all Discord ids (17 to 20 digits).")));
-	if (lhd_exec(&dup_plan, values, NULL, true, 1) > 0)
+
+	id = new_snapshot(taken_at, "load");
+	/* Fewer stored than given: a duplicate, named by the error (it undoes all). */
+	if (lhd_snapshot_add_members(id, PointerGetDatum(members)) < JB_ROOT_COUNT(members) &&
+		lhd_exec(&dup_plan, values, NULL, true, 1) > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNIQUE_VIOLATION),
 				 errmsg("member %s appears more than once", lhd_getattr_text(0, 1))));
-
-	id = new_snapshot(taken_at, "load");
-	text = DatumGetCString(DirectFunctionCall1(jsonb_out, PointerGetDatum(members)));
-	lhd_snapshot_add_members(id, text);
 	lhd_snapshot_complete(id, false);
 	SPI_finish();
 	PG_RETURN_INT64(id);
@@ -224,12 +226,13 @@ accept_snapshot(PG_FUNCTION_ARGS)
 	};
 	static LhdPlan accept_plan = {
 		.sql = "UPDATE lhdiscord.member_snapshots SET trusted = true, accepted_at = now(), "
-		"       accepted_by = current_user WHERE id = $1",
-		.nargs = 1,
-		.argtypes = {INT8OID}
+		"       accepted_by = $2 WHERE id = $1",
+		.nargs = 2,
+		.argtypes = {INT8OID, TEXTOID}
 	};
 	int64		id;
-	Datum		values[1];
+	char	   *role;
+	Datum		values[2];
 	bool		isnull;
 	LhdAudit	a = {0};
 
@@ -251,13 +254,14 @@ accept_snapshot(PG_FUNCTION_ARGS)
 		SPI_finish();
 		PG_RETURN_BOOL(false);
 	}
+	role = lhd_acting_role();
+	values[1] = CStringGetTextDatum(role);
 	lhd_exec(&accept_plan, values, NULL, false, 0);
 	a.action = "entitlement.snapshot_accepted";
 	a.entity = "member_snapshots";
 	a.entity_pk = psprintf(INT64_FORMAT, id);
 	a.after_json = psprintf("{\"snapshot_id\": " INT64_FORMAT ", \"trusted\": true}", id);
-	a.description = psprintf("Snapshot " INT64_FORMAT " accepted by %s", id,
-							 GetUserNameFromId(GetUserId(), false));
+	a.description = psprintf("Snapshot " INT64_FORMAT " accepted by %s", id, role);
 	lhd_audit(&a);
 	SPI_finish();
 	PG_RETURN_BOOL(true);

@@ -12,6 +12,8 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_type.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 
@@ -37,12 +39,16 @@ lhd_plan(LhdPlan *p)
 /*
  * Execute a kept plan; raises on SPI failure and returns SPI_processed.
  * nulls follows SPI conventions (' ' not null, 'n' null) and may be NULL.
+ * The caller's memory context stays current (SPI would leave its procedure
+ * context current, defeating a caller's short-lived context).
  */
 int
 lhd_exec(LhdPlan *p, Datum *values, const char *nulls, bool read_only, long count)
 {
+	MemoryContext caller = CurrentMemoryContext;
 	int			rc = SPI_execute_plan(lhd_plan(p), values, nulls, read_only, count);
 
+	MemoryContextSwitchTo(caller);
 	if (rc < 0)
 		elog(ERROR, "lhdiscord: SPI_execute_plan failed (%s) for: %s",
 			 SPI_result_code_string(rc), p->sql);
@@ -61,6 +67,31 @@ char *
 lhd_getattr_text(int row, int col)
 {
 	return SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col);
+}
+
+/* A text[] Datum of n C strings, in the current memory context. */
+Datum
+lhd_text_array(char **items, int n)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * (n + 1));
+
+	for (int i = 0; i < n; i++)
+		elems[i] = CStringGetTextDatum(items[i]);
+	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/* Append a JSON array of n strings. */
+void
+lhd_json_append_array(StringInfo buf, char **items, int n)
+{
+	appendStringInfoChar(buf, '[');
+	for (int i = 0; i < n; i++)
+	{
+		if (i > 0)
+			appendStringInfoString(buf, ", ");
+		escape_json(buf, items[i]);
+	}
+	appendStringInfoChar(buf, ']');
 }
 
 /* Append "key": "value" (value JSON-escaped, NULL becomes null). */

@@ -51,18 +51,31 @@ PG_FUNCTION_INFO_V1(users_in_scope_changed);
 static const char *pending_reason = NULL;
 static int	trigger_enqueues = 0;
 
-void
-lhd_account_dml_begin(const char *reason)
+/*
+ * Run a statement on discord_accounts whose trigger queues convergences
+ * with this reason; returns the rows processed, and in *queued (if not
+ * NULL) whether the trigger queued anything.
+ */
+int
+lhd_exec_account_dml(LhdPlan *plan, Datum *values, const char *nulls, long count,
+					 const char *reason, bool *queued)
 {
+	int			n;
+
 	pending_reason = reason;
 	trigger_enqueues = 0;
-}
-
-bool
-lhd_account_dml_end(void)
-{
-	pending_reason = NULL;
-	return trigger_enqueues > 0;
+	PG_TRY();
+	{
+		n = lhd_exec(plan, values, nulls, false, count);
+	}
+	PG_FINALLY();
+	{
+		pending_reason = NULL;
+	}
+	PG_END_TRY();
+	if (queued)
+		*queued = trigger_enqueues > 0;
+	return n;
 }
 
 static char *
@@ -124,22 +137,11 @@ set_account_status(int64 user_id, const char *from, const char *to, const char *
 		.argtypes = {INT8OID, TEXTOID, TEXTOID}
 	};
 	Datum		values[3];
-	int			n;
 
 	values[0] = Int64GetDatum(user_id);
 	values[1] = CStringGetTextDatum(from);
 	values[2] = CStringGetTextDatum(to);
-	lhd_account_dml_begin(reason);
-	PG_TRY();
-	{
-		n = lhd_exec(&plan, values, NULL, false, 0);
-	}
-	PG_FINALLY();
-	{
-		lhd_account_dml_end();
-	}
-	PG_END_TRY();
-	return n;
+	return lhd_exec_account_dml(&plan, values, NULL, 0, reason, NULL);
 }
 
 /*
@@ -325,12 +327,6 @@ accounts_after_change(PG_FUNCTION_ARGS)
 Datum
 user_roles_after_change(PG_FUNCTION_ARGS)
 {
-	static LhdPlan mapped_plan = {
-		.sql = "SELECT 1 FROM lhdiscord.role_map WHERE key = $1 "
-		"AND discord_role_id IS NOT NULL AND discord_role_id <> ''",
-		.nargs = 1,
-		.argtypes = {TEXTOID}
-	};
 	TriggerData *td = (TriggerData *) fcinfo->context;
 	TupleDesc	desc;
 	HeapTuple	tuples[2];
@@ -355,6 +351,12 @@ user_roles_after_change(PG_FUNCTION_ARGS)
 	}
 	else
 	{
+		/* Only a change of who holds which role is a revoke and a grant. */
+		if (field_int64(td->tg_trigtuple, desc, "user_id") ==
+			field_int64(td->tg_newtuple, desc, "user_id") &&
+			!text_differs(field_text(td->tg_trigtuple, desc, "role"),
+						  field_text(td->tg_newtuple, desc, "role")))
+			return PointerGetDatum(NULL);
 		tuples[ntuples] = td->tg_trigtuple;
 		changes[ntuples++] = "revoked";
 		tuples[ntuples] = td->tg_newtuple;
@@ -366,9 +368,8 @@ user_roles_after_change(PG_FUNCTION_ARGS)
 	{
 		char	   *role = field_text(tuples[i], desc, "role");
 		int64		user_id = field_int64(tuples[i], desc, "user_id");
-		Datum		values[1] = {CStringGetTextDatum(role)};
 
-		if (lhd_exec(&mapped_plan, values, NULL, false, 1) == 0)
+		if (lhd_role_id_for_key(role) == NULL)
 			continue;
 		{
 			StringInfoData after;
@@ -397,19 +398,10 @@ user_roles_after_change(PG_FUNCTION_ARGS)
 Datum
 role_map_after_change(PG_FUNCTION_ARGS)
 {
-	static LhdPlan plan = {
-		.sql = "INSERT INTO lhdiscord.outbox (kind, discord_user_id, user_id, reason) "
-		"SELECT 'roles', a.discord_user_id, a.user_id, 'Role mapping changed' "
-		"FROM lhdiscord.discord_accounts a WHERE a.status = 'active' "
-		"ON CONFLICT (discord_user_id) WHERE kind = 'roles' AND state IN ('pending', 'in_flight') "
-		"DO UPDATE SET generation = lhdiscord.outbox.generation + 1, updated_at = now()",
-		.nargs = 0
-	};
-
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		elog(ERROR, "role_map_after_change: not called by trigger manager");
 	SPI_connect();
-	lhd_exec(&plan, NULL, NULL, false, 0);
+	lhd_enqueue_all_convergences("Role mapping changed");
 	SPI_finish();
 	return PointerGetDatum(NULL);
 }

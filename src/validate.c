@@ -87,6 +87,42 @@ lhd_require_snowflake(text *t, const char *what)
 	return s;
 }
 
+/* Does s hold a control character (or, with space_too, a space)? */
+bool
+lhd_has_control_chars(const char *s, bool space_too)
+{
+	for (const char *p = s; *p; p++)
+		if ((unsigned char) *p < ' ' || *p == 0x7f || (space_too && *p == ' '))
+			return true;
+	return false;
+}
+
+/*
+ * Split a comma-separated list (lhdiscord.privileged_roles) into palloc'd
+ * items with surrounding spaces removed; returns how many.
+ */
+int
+lhd_split_list(const char *list, char ***items)
+{
+	char	   *copy = pstrdup(list ? list : "");
+	char	   *save = NULL;
+	int			n = 0;
+
+	*items = palloc(sizeof(char *) * (strlen(copy) / 2 + 2));
+	for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+	{
+		char	   *end;
+
+		while (*tok == ' ')
+			tok++;
+		end = tok + strlen(tok);
+		while (end > tok && end[-1] == ' ')
+			*--end = '\0';
+		(*items)[n++] = tok;
+	}
+	return n;
+}
+
 /*
  * Returns the text as a C string after checking its length in characters
  * and that it holds no control characters.
@@ -106,13 +142,10 @@ lhd_require_text(text *t, const char *what, int minlen, int maxlen)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must not be empty", what)));
-	for (const char *p = s; *p; p++)
-	{
-		if ((unsigned char) *p < ' ' || *p == 0x7f)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("%s must not contain control characters", what)));
-	}
+	if (lhd_has_control_chars(s, false))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not contain control characters", what)));
 	return s;
 }
 
