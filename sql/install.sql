@@ -66,6 +66,13 @@ SELECT name, setting, unit, context
 SET lhdiscord.api_base_url = 'http://discord.com/api/v10';
 SET lhdiscord.api_base_url = 'ftp://127.0.0.1/api';
 SET lhdiscord.api_base_url = '';
+-- user information would make curl log in at evil.example, over plain http
+SET lhdiscord.api_base_url = 'http://127.0.0.1:1@evil.example/api/v10';
+SET lhdiscord.api_base_url = 'https://user:pw@discord.com/api/v10';
+-- not a loopback address (five octets: a DNS name)
+SET lhdiscord.api_base_url = 'http://127.0.0.1.1/api/v10';
+SET lhdiscord.api_base_url = 'http://127.0.0.256/api/v10';
+SHOW lhdiscord.api_base_url;
 SET lhdiscord.api_base_url = 'http://127.0.0.1:9/api/v10/';
 SHOW lhdiscord.api_base_url;
 SET lhdiscord.api_base_url = 'http://[::1]:9/api/v10';
@@ -89,6 +96,15 @@ RESET lhdiscord.privileged_roles;
 SET lhdiscord.encryption_key = 'deadbeef-not-a-key';
 SET lhdiscord.bot_token = E'abc\ndef';
 SET lhdiscord.nonexistent_setting = 1;
+-- An accepted secret shows only as a mask, even to a superuser.
+SET lhdiscord.bot_token = 'a-bot-token-value';
+SHOW lhdiscord.bot_token;
+SELECT current_setting('lhdiscord.bot_token') AS bot_token;
+RESET lhdiscord.bot_token;
+SHOW lhdiscord.bot_token;
+SET lhdiscord.client_secret = 'a-client-secret';
+SHOW lhdiscord.client_secret;
+RESET lhdiscord.client_secret;
 
 -- Secrets are superuser-only and hidden from SHOW ALL.
 SELECT count(*) AS secrets_in_show_all

@@ -8,6 +8,14 @@
  * hooks replace PostgreSQL's default "invalid value ... \"<value>\"" message
  * so that a rejected secret is never echoed into an error or the log.
  *
+ * A secret's GUC variable never holds the secret: the check hook moves the
+ * value into the setting's "extra" and leaves an empty string behind, and
+ * the assign hook points lhd_bot_token & co. at the extra.  The postmaster
+ * logs "parameter X changed to <value>" on a reload whenever the variable's
+ * text changes; as the text is always empty, a secret set or rotated in
+ * postgresql.conf is never written to the server log.  SHOW (superusers
+ * only) prints "********" for a secret that is set.
+ *
  * Policy settings are PGC_SUSET so that a superuser can override them for a
  * transaction or a test; the worker re-reads everything on SIGHUP.
  *
@@ -26,12 +34,12 @@
 char	   *lhd_database = NULL;
 char	   *lhd_api_base_url = NULL;
 int			lhd_api_mode = LHD_API_LIVE;
-char	   *lhd_bot_token = NULL;
+char	   *lhd_bot_token = "";
 char	   *lhd_guild_id = NULL;
 char	   *lhd_client_id = NULL;
-char	   *lhd_client_secret = NULL;
+char	   *lhd_client_secret = "";
 char	   *lhd_redirect_uri = NULL;
-char	   *lhd_encryption_key = NULL;
+char	   *lhd_encryption_key = "";
 int			lhd_max_discord_accounts = 1;
 int			lhd_governance_mode = LHD_GOV_DISCORD_LEADING;
 char	   *lhd_entitlement_key = NULL;
@@ -65,6 +73,11 @@ static const struct config_enum_entry governance_mode_options[] = {
 };
 
 #define SECRET_FLAGS (GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL)
+
+/* The GUC variables of the secrets: always "" (see the file header). */
+static char *bot_token_guc = NULL;
+static char *client_secret_guc = NULL;
+static char *encryption_key_guc = NULL;
 
 /*
  * The API base URL must be https, or plain http to a loopback host (the
@@ -111,6 +124,12 @@ check_api_base_url(char **newval, void **extra, GucSource source)
 	if (hostlen == 0)
 	{
 		GUC_check_errdetail("The URL has no host.");
+		return false;
+	}
+	/* "http://127.0.0.1:x@evil.example/" is a login at evil.example. */
+	if (memchr(host, '@', strcspn(host, "/?#")) != NULL)
+	{
+		GUC_check_errdetail("The URL must not contain user information (user:password@).");
 		return false;
 	}
 	if (lhd_has_control_chars(url, true))
@@ -179,6 +198,58 @@ check_redirect_uri(char **newval, void **extra, GucSource source)
 }
 
 /*
+ * Move an accepted secret out of the GUC variable into the setting's extra
+ * (malloc'd, as guc.c frees extras and string values with free()).
+ */
+static bool
+stash_secret(char **newval, void **extra)
+{
+	char	   *value = strdup(*newval ? *newval : "");
+	char	   *empty = strdup("");
+
+	if (value == NULL || empty == NULL)
+	{
+		free(value);
+		free(empty);
+		GUC_check_errcode(ERRCODE_OUT_OF_MEMORY);
+		GUC_check_errmsg("out of memory");
+		return false;
+	}
+	free(*newval);
+	*newval = empty;
+	*extra = value;
+	return true;
+}
+
+static void
+assign_bot_token(const char *newval, void *extra)
+{
+	lhd_bot_token = extra ? (char *) extra : "";
+}
+
+static void
+assign_client_secret(const char *newval, void *extra)
+{
+	lhd_client_secret = extra ? (char *) extra : "";
+}
+
+static void
+assign_encryption_key(const char *newval, void *extra)
+{
+	lhd_encryption_key = extra ? (char *) extra : "";
+}
+
+#define SHOW_SECRET(name, var) \
+static const char * \
+name(void) \
+{ \
+	return (var)[0] != '\0' ? "********" : ""; \
+}
+SHOW_SECRET(show_bot_token, lhd_bot_token)
+SHOW_SECRET(show_client_secret, lhd_client_secret)
+SHOW_SECRET(show_encryption_key, lhd_encryption_key)
+
+/*
  * Secrets travel in HTTP headers and form bodies: refuse control characters
  * (header injection) without ever echoing the value.
  */
@@ -188,7 +259,7 @@ check_secret(char **newval, void **extra, GucSource source)
 	const char *v = *newval;
 
 	if (v == NULL)
-		return true;
+		return stash_secret(newval, extra);
 	if (lhd_has_control_chars(v, false))
 	{
 		GUC_check_errmsg("invalid value for a secret lhdiscord parameter");
@@ -201,7 +272,7 @@ check_secret(char **newval, void **extra, GucSource source)
 		GUC_check_errdetail("The value is longer than %d bytes.", LHD_TOKEN_MAX);
 		return false;
 	}
-	return true;
+	return stash_secret(newval, extra);
 }
 
 static bool
@@ -211,7 +282,7 @@ check_encryption_key(char **newval, void **extra, GucSource source)
 	int			n = 0;
 
 	if (v == NULL || v[0] == '\0')
-		return true;
+		return stash_secret(newval, extra);
 	for (const char *p = v; *p; p++, n++)
 	{
 		if (!isxdigit((unsigned char) *p))
@@ -223,7 +294,7 @@ check_encryption_key(char **newval, void **extra, GucSource source)
 		GUC_check_errdetail("The key must be exactly 64 hexadecimal digits (256 bits).");
 		return false;
 	}
-	return true;
+	return stash_secret(newval, extra);
 }
 
 static bool
@@ -297,11 +368,11 @@ lhd_define_gucs(void)
 	DefineCustomStringVariable("lhdiscord.bot_token",
 							   "Discord bot token (secret).",
 							   NULL,
-							   &lhd_bot_token,
+							   &bot_token_guc,
 							   "",
 							   PGC_SUSET,
 							   SECRET_FLAGS,
-							   check_secret, NULL, NULL);
+							   check_secret, assign_bot_token, show_bot_token);
 
 	DefineCustomStringVariable("lhdiscord.guild_id",
 							   "Discord guild (server) whose roles lhdiscord manages.",
@@ -324,11 +395,11 @@ lhd_define_gucs(void)
 	DefineCustomStringVariable("lhdiscord.client_secret",
 							   "Discord OAuth2 application client secret (secret).",
 							   NULL,
-							   &lhd_client_secret,
+							   &client_secret_guc,
 							   "",
 							   PGC_SUSET,
 							   SECRET_FLAGS,
-							   check_secret, NULL, NULL);
+							   check_secret, assign_client_secret, show_client_secret);
 
 	DefineCustomStringVariable("lhdiscord.redirect_uri",
 							   "OAuth2 redirect URI registered with Discord.",
@@ -342,11 +413,11 @@ lhd_define_gucs(void)
 	DefineCustomStringVariable("lhdiscord.encryption_key",
 							   "AES-256-GCM key for OAuth tokens at rest: 64 hex digits (secret).",
 							   NULL,
-							   &lhd_encryption_key,
+							   &encryption_key_guc,
 							   "",
 							   PGC_SUSET,
 							   SECRET_FLAGS,
-							   check_encryption_key, NULL, NULL);
+							   check_encryption_key, assign_encryption_key, show_encryption_key);
 
 	DefineCustomIntVariable("lhdiscord.max_discord_accounts",
 							"Maximum number of Discord accounts one portal user may link.",

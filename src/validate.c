@@ -159,12 +159,29 @@ lhd_is_loopback_host(const char *host, size_t len)
 		return true;
 	if (len >= 7 && strncmp(host, "127.", 4) == 0)
 	{
+		/* 127.a.b.c: exactly three more octets of 0-255 */
+		int			octets = 1;
+		int			digits = 0;
+		int			value = 0;
+
 		for (size_t i = 4; i < len; i++)
 		{
-			if (!(isdigit((unsigned char) host[i]) || host[i] == '.'))
+			if (isdigit((unsigned char) host[i]))
+			{
+				value = value * 10 + (host[i] - '0');
+				if (++digits > 3 || value > 255)
+					return false;
+			}
+			else if (host[i] == '.' && digits > 0)
+			{
+				octets++;
+				digits = 0;
+				value = 0;
+			}
+			else
 				return false;
 		}
-		return true;
+		return octets == 3 && digits > 0;
 	}
 	return false;
 }

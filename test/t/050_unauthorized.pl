@@ -39,12 +39,20 @@ is($node->safe_psql('postgres', "SELECT count(*) FROM lhdiscord.outbox WHERE sta
 	'no job failed or died because of the pause');
 
 # The DBA fixes the token and reloads: sending resumes.
-$node->safe_psql('postgres', "ALTER SYSTEM SET lhdiscord.bot_token = '" . BOT_TOKEN . "'");
+# (In postgresql.conf, as a DBA would: with the test cluster's
+# log_statement = all, an ALTER SYSTEM statement would log the value itself.)
+$node->append_conf('postgresql.conf', "lhdiscord.bot_token = '" . BOT_TOKEN . "'");
 $node->reload;
 ok(wait_for(sub {
 	$node->safe_psql('postgres', "SELECT count(*) FROM lhdiscord.outbox WHERE state <> 'done'") eq '0' }, 60),
 	'after reload every job is done');
 is($node->safe_psql('postgres', 'SELECT paused FROM lhdiscord.worker_status'), 'f', 'no longer paused');
+# The postmaster logs "parameter ... changed to ..." on a reload; a secret's
+# value must not be part of that (nor of anything else in the log).
+my $log = slurp_file($node->logfile);
+my $good = BOT_TOKEN;
+unlike($log, qr/\Q$good\E/, 'the new token is not logged by the reload either');
+unlike($log, qr/parameter "lhdiscord\.bot_token" changed/, 'the reload does not report the secret at all');
 
 $node->stop;
 done_testing();
