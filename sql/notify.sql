@@ -72,4 +72,27 @@ SELECT string_agg(body->>'content', E'\n' ORDER BY id) =
        (SELECT string_agg('Line ' || g || ' of the ticket reply, with a few words to wrap.', E'\n' ORDER BY g)
           FROM generate_series(1, 83) g) AS lossless
   FROM lhdiscord.fake_calls WHERE route LIKE '%/messages';
+
+-- Whitespace-only stretches never become a part of their own (Discord
+-- refuses an empty message): 1,999 x, 2,001 newlines, y -> two parts.
+DELETE FROM lhdiscord.outbox WHERE kind = 'dm';
+SELECT lhdiscord.notify(2, 'NewTicketNotification', repeat('x', 1999) || repeat(E'\n', 2001) || 'y') AS queued;
+SELECT parts FROM public.dm_jobs;
+
+-- An account cut off after the DM was queued gets nothing: revoked (user 3's
+-- first account) and brigged (user 2) before the drain; user 3's second
+-- account still gets its DM.
+DELETE FROM lhdiscord.outbox WHERE kind = 'dm';
+TRUNCATE lhdiscord.fake_calls;
+SELECT lhdiscord.notify(2, 'NewTicketNotification', 'for two') AS queued_2,
+       lhdiscord.notify(3, 'NewTicketNotification', 'for three') AS queued_3;
+INSERT INTO lhdiscord.users (user_id, username) VALUES (9, 'an_admin');
+INSERT INTO lhdiscord.user_roles (user_id, role) VALUES (9, 'admin');
+SELECT lhdiscord.revoke_account(9, a.id)
+  FROM lhdiscord.discord_accounts a WHERE a.discord_user_id = '300000000000000003';
+UPDATE lhdiscord.users SET in_brig = true WHERE user_id = 2;
+SELECT lhdiscord.drain_outbox();
+SELECT discord_user_id, state, last_error FROM lhdiscord.outbox WHERE kind = 'dm' ORDER BY discord_user_id;
+SELECT route, body->>'content' AS content FROM lhdiscord.fake_calls
+ WHERE route LIKE '/channels/%' ORDER BY id;
 DROP VIEW public.dm_jobs;

@@ -37,14 +37,25 @@ typedef struct DmState
 	bool		channel_cached;	/* came from dm_channels */
 	bool		channel_new;	/* created by this job: cache it */
 	bool		channel_stale;	/* the cached channel is unknown now */
+	bool		account_active; /* recipient may still be sent to */
 } DmState;
 
 /* ---------- splitting ---------- */
 
+static bool
+is_blank(const char *p, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (!(p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r'))
+			return false;
+	return true;
+}
+
 /*
  * Split content into parts of at most max_chars characters, preferring to
  * break after a newline, then after whitespace, and only then inside a word
- * (never inside a multibyte character).  Returns the number of parts.
+ * (never inside a multibyte character).  Parts of whitespace only are
+ * dropped.  Returns the number of parts.
  */
 int
 lhd_split_message(const char *content, int max_chars, char ***parts_out)
@@ -83,12 +94,16 @@ lhd_split_message(const char *content, int max_chars, char ***parts_out)
 		else
 			end = q;			/* one long word: cut at the limit */
 
-		if (n == cap)
+		/* Discord refuses a message of whitespace only: drop such parts. */
+		if (!is_blank(p, end - p))
 		{
-			cap *= 2;
-			parts = repalloc(parts, sizeof(char *) * cap);
+			if (n == cap)
+			{
+				cap *= 2;
+				parts = repalloc(parts, sizeof(char *) * cap);
+			}
+			parts[n++] = pnstrdup(p, end - p);
 		}
-		parts[n++] = pnstrdup(p, end - p);
 		p = end;
 		/* The separator we broke at is not carried into the next part. */
 		if (*p == '\n' || *p == ' ' || *p == '\t')
@@ -132,6 +147,7 @@ dm_fill(LhdTask *t, int r)
 	}
 	st->channel_id = lhd_getattr_text(r, 5);
 	st->channel_cached = (st->channel_id != NULL);
+	st->account_active = DatumGetBool(lhd_getattr(r, 6, &isnull));
 	t->state = st;
 }
 
@@ -142,7 +158,10 @@ lhd_dm_prepare(LhdEngine *e, List *tasks)
 		.sql = "SELECT o.id, coalesce((o.payload->>'parts_sent')::int, 0), "
 		"       CASE WHEN jsonb_typeof(o.payload->'parts') = 'array' "
 		"            THEN ARRAY(SELECT jsonb_array_elements_text(o.payload->'parts')) END, "
-		"       o.payload->>'content', c.channel_id "
+		"       o.payload->>'content', c.channel_id, "
+		"       coalesce((SELECT a.status = 'active' FROM lhdiscord.discord_accounts a "
+		"                  WHERE a.discord_user_id = o.discord_user_id), "
+		"                NOT o.payload ? 'notification') "
 		"FROM lhdiscord.outbox o "
 		"LEFT JOIN lhdiscord.dm_channels c ON c.discord_user_id = o.discord_user_id "
 		"WHERE o.id = ANY ($1::bigint[])",
@@ -186,6 +205,17 @@ lhd_dm_start(LhdEngine *e, LhdTask *t)
 	if (st == NULL || st->nparts == 0)
 	{
 		lhd_task_finish(e, t, LHD_OUT_FAILED, 0, "DM job has no content");
+		return;
+	}
+	/*
+	 * A notification whose account was unlinked, revoked or brigged since it
+	 * was queued is not sent; a DM queued by hand to an unlinked Discord
+	 * user is (the DBA chose the recipient), unless that user is brigged.
+	 */
+	if (!st->account_active)
+	{
+		lhd_task_finish(e, t, LHD_OUT_FAILED, 0,
+						"the Discord account is no longer active (unlinked, revoked or in the brig)");
 		return;
 	}
 	if (st->sent >= st->nparts)
