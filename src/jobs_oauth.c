@@ -10,9 +10,11 @@
  *
  * token_refresh: POST /oauth2/token with grant_type=refresh_token for an
  * account whose token expires within lhdiscord.token_refresh_margin (the
- * worker queues these); the new tokens are encrypted into the account.  A
- * refresh that fails for good marks the account's tokens stale; the account
- * stays linked.
+ * worker queues these); the new tokens are encrypted into the account and
+ * committed synchronously.  A refresh the token endpoint rejects with
+ * invalid_grant marks the account's tokens stale; the account stays linked.
+ * Other failures (a rejected client secret, an outage) leave the tokens
+ * alone and are tried again an hour later.
  *
  * Tokens are decrypted in the claim unit (never raising: a token that does
  * not decrypt just fails its job), sent as secret bodies (never recorded or
@@ -24,6 +26,7 @@
 
 #include "catalog/pg_type.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 
 #include "lhdiscord.h"
 #include "lhd_engine.h"
@@ -37,6 +40,7 @@ typedef struct TokenJob
 	char	   *new_access;
 	char	   *new_refresh;
 	long		expires_in;
+	bool		grant_rejected; /* 400 invalid_grant: the refresh token is dead */
 } TokenJob;
 
 /* Load the account and decrypt one token column ($1 = job ids). */
@@ -196,6 +200,13 @@ lhd_refresh_response(LhdEngine *e, LhdTask *t, LhdRequest *r)
 		lhd_wipe(r->body);
 	if (!lhd_response_ok(r))
 	{
+		/*
+		 * Only invalid_grant (RFC 6749 5.2) says the account's refresh token
+		 * is no good.  A rejected client (401 invalid_client: a wrong or
+		 * rotated client secret) or an outage is not the account's fault.
+		 */
+		st->grant_rejected = (r->status == 400 && r->error != NULL &&
+							  strcmp(r->error, "invalid_grant") == 0);
 		lhd_task_finish_from(e, t, r);
 		return;
 	}
@@ -242,8 +253,16 @@ lhd_refresh_record(LhdEngine *e, List *tasks)
 			continue;
 		if (t->outcome == LHD_OUT_DONE && st->new_access)
 		{
+			/*
+			 * Discord has rotated the refresh token: losing this commit in a
+			 * crash would leave only the dead one.  Commit synchronously,
+			 * whatever the worker's session default.
+			 */
 			Datum		values[4];
 			char		nulls[4] = {' ', ' ', ' ', ' '};
+
+			set_config_option("synchronous_commit", "on", PGC_USERSET, PGC_S_OVERRIDE,
+							  GUC_ACTION_LOCAL, true, 0, false);
 
 			values[0] = Int64GetDatum(st->account_id);
 			values[1] = PointerGetDatum(lhd_encrypt_token(st->new_access,
@@ -258,7 +277,7 @@ lhd_refresh_record(LhdEngine *e, List *tasks)
 			lhd_wipe(st->new_refresh);
 			lhd_exec(&store_plan, values, nulls, false, 0);
 		}
-		else if (t->outcome == LHD_OUT_FAILED || t->outcome == LHD_OUT_DEAD)
+		else if (t->outcome == LHD_OUT_FAILED && st->grant_rejected)
 		{
 			Datum		values[1] = {Int64GetDatum(st->account_id)};
 
@@ -269,7 +288,9 @@ lhd_refresh_record(LhdEngine *e, List *tasks)
 
 /*
  * Queue a refresh for every account whose token expires within the margin
- * (the worker's housekeeping calls this).  Returns the number queued.
+ * (the worker's housekeeping calls this), unless one is under way or failed
+ * within the hour (a rejected client secret must not turn into a refresh
+ * storm).  Returns the number queued.
  */
 int
 lhd_queue_token_refreshes(void)
@@ -283,13 +304,16 @@ lhd_queue_token_refreshes(void)
 		"  AND a.token_expires_at < now() + $1 * interval '1 second' "
 		"  AND NOT EXISTS (SELECT 1 FROM lhdiscord.outbox o "
 		"                   WHERE o.kind = 'token_refresh' AND o.discord_user_id = a.discord_user_id "
-		"                     AND o.state IN ('pending', 'in_flight'))",
+		"                     AND (o.state IN ('pending', 'in_flight') "
+		"                          OR (o.state IN ('failed', 'dead') "
+		"                              AND o.finished_at > now() - interval '1 hour')))",
 		.nargs = 1,
 		.argtypes = {INT4OID}
 	};
 	Datum		values[1] = {Int32GetDatum(lhd_token_refresh_margin)};
 
-	if (!lhd_oauth_client_configured())
+	/* The fake API has no OAuth endpoint: refreshing there would only fail. */
+	if (!lhd_oauth_client_configured() || lhd_api_mode == LHD_API_FAKE)
 		return 0;
 	return lhd_exec(&plan, values, NULL, false, 0);
 }

@@ -35,7 +35,7 @@ $q->(q{
 	  VALUES (1, 'alice', 'traveler'), (2, 'bob', 'traveler');
 });
 
-my @secrets = ($SECRET);
+my @secrets = ($SECRET, 'a-wrong-client-secret');
 my $http = HTTP::Tiny->new(max_redirect => 0);
 
 # Begin, and let the mock "user" authorize: the mock redirects with a code.
@@ -153,7 +153,23 @@ push @secrets, $access2, $refresh2;
 cmp_ok($q->(q{SELECT extract(epoch FROM token_expires_at - now())::int FROM lhdiscord.discord_accounts}), '>', 600000,
 	'expiry extended');
 
-# A refresh that fails for good marks the tokens stale; the account stays.
+# A refresh refused for the client (a wrong client secret: 401
+# invalid_client) is not the account's fault: its tokens are not marked stale.
+$node->append_conf('postgresql.conf', "lhdiscord.client_secret = 'a-wrong-client-secret'");
+$node->reload;
+$q->(q{UPDATE lhdiscord.discord_accounts SET token_expires_at = now() + interval '1 hour'});
+ok(wait_for(sub { $q->(q{SELECT count(*) FROM lhdiscord.outbox WHERE kind = 'token_refresh' AND state = 'failed' AND last_status = 401}) eq '1' }, 30),
+	'a refresh with a wrong client secret fails (401)');
+is($q->(q{SELECT tokens_stale FROM lhdiscord.discord_accounts}), 'f', 'the tokens are not marked stale for it');
+sleep 2;
+is($q->(q{SELECT count(*) FROM lhdiscord.outbox WHERE kind = 'token_refresh' AND state IN ('pending', 'in_flight')}), '0',
+	'and no refresh storm: the next try waits an hour');
+$node->append_conf('postgresql.conf', "lhdiscord.client_secret = '$SECRET'");
+$node->reload;
+$q->(q{DELETE FROM lhdiscord.outbox WHERE kind = 'token_refresh' AND state = 'failed'});
+
+# A refresh that fails for good (invalid_grant) marks the tokens stale; the
+# account stays.
 mock_post('/_mock/oauth/expire', { all => JSON::PP::true });
 $q->(q{UPDATE lhdiscord.discord_accounts SET token_expires_at = now() + interval '1 hour'});
 ok(wait_for(sub { $q->(q{SELECT tokens_stale FROM lhdiscord.discord_accounts}) eq 't' }, 30), 'tokens stale');
