@@ -152,3 +152,11 @@ SELECT expect_error($$SELECT lhdiscord.load_snapshot('[{"user": {"id": "10000000
 SELECT expect_error($$SELECT lhdiscord.load_snapshot('[{"user": {"id": "100000000000000001"}}, {"user": {"id": "100000000000000001"}}]')$$);
 SELECT expect_error($$SELECT lhdiscord.load_snapshot('[]', now() + interval '1 day')$$);
 SELECT expect_error($$SELECT lhdiscord.load_snapshot(NULL)$$);
+-- NULL flags are refused, not read as false: a NULL dry_run must not write.
+SELECT (SELECT count(*) FROM lhdiscord.audit_log) AS audit_before,
+       (SELECT count(*) FROM lhdiscord.member_snapshots) AS snapshots_before \gset
+SELECT expect_error('SELECT * FROM lhdiscord.reconcile(NULL)');
+SELECT expect_error('SELECT * FROM lhdiscord.reconcile(false, NULL)');
+SELECT expect_error($$SELECT lhdiscord.load_snapshot('[]', NULL)$$);
+SELECT (SELECT count(*) FROM lhdiscord.audit_log) = :audit_before AS no_audit,
+       (SELECT count(*) FROM lhdiscord.member_snapshots) = :snapshots_before AS no_snapshot;

@@ -781,10 +781,16 @@ emit_rows(FunctionCallInfo fcinfo, RunResult *res)
 Datum
 reconcile(PG_FUNCTION_ARGS)
 {
-	bool		dry_run = PG_ARGISNULL(0) ? false : PG_GETARG_BOOL(0);
-	bool		force = PG_ARGISNULL(1) ? false : PG_GETARG_BOOL(1);
+	bool		dry_run;
+	bool		force;
 	LhdAccessContext ctx;
 	RunResult	res;
+
+	/* A NULL dry_run must not turn into a real run. */
+	lhd_require_not_null(PG_ARGISNULL(0), "dry_run");
+	lhd_require_not_null(PG_ARGISNULL(1), "force");
+	dry_run = PG_GETARG_BOOL(0);
+	force = PG_GETARG_BOOL(1);
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	SPI_connect();

@@ -98,6 +98,16 @@ wake_xact_callback(XactEvent event, void *arg)
 			/* A rollback queued nothing: no wake-up. */
 			wake_pending = false;
 			break;
+		case XACT_EVENT_PREPARE:
+
+			/*
+			 * Two-phase commit: the jobs become visible at COMMIT PREPARED,
+			 * perhaps in another session, which cannot know; the worker's
+			 * poll (lhdiscord.poll_interval) picks them up.  The flag must
+			 * not leak into this session's next transaction.
+			 */
+			wake_pending = false;
+			break;
 		default:
 			break;
 	}

@@ -180,7 +180,9 @@ load_snapshot(PG_FUNCTION_ARGS)
 
 	lhd_require_not_null(PG_ARGISNULL(0), "members");
 	members = PG_GETARG_JSONB_P(0);
-	taken_at = PG_ARGISNULL(1) ? GetCurrentTransactionStartTimestamp() : PG_GETARG_TIMESTAMPTZ(1);
+	/* A NULL taken_at must not pass for a fresh snapshot. */
+	lhd_require_not_null(PG_ARGISNULL(1), "taken_at");
+	taken_at = PG_GETARG_TIMESTAMPTZ(1);
 	if (!JB_ROOT_IS_ARRAY(members) || JB_ROOT_IS_SCALAR(members))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
