@@ -500,6 +500,65 @@ batch_write(AuditBatch *b)
 }
 
 /*
+ * Lock the users of changes [from, to) whose status and in_scope are still
+ * what the decision read, and drop the other changes: the candidate query
+ * ran without locks, and the application may have changed a user since (an
+ * in_scope change runs reconcile_user itself).  READ COMMITTED re-checks the
+ * condition on the newest row version once a concurrent writer commits, so
+ * a stale decision is never applied; the next run decides that user again.
+ */
+static void
+lock_unchanged(RunResult *res, int from, int to)
+{
+	static LhdPlan lock_plan = {
+		.sql = "SELECT u.user_id FROM lhdiscord.users u "
+		"JOIN unnest($1::bigint[], $2::text[], $3::bool[]) AS x(id, status, in_scope) "
+		"  ON u.user_id = x.id "
+		"WHERE u.status::text = x.status AND u.in_scope = x.in_scope "
+		"ORDER BY u.user_id FOR UPDATE OF u",
+		.nargs = 3,
+		.argtypes = {INT8ARRAYOID, TEXTARRAYOID, BOOLARRAYOID},
+		.options = CURSOR_OPT_GENERIC_PLAN
+	};
+	int			n = to - from;
+	Datum	   *ids = palloc(sizeof(Datum) * n);
+	Datum	   *statuses = palloc(sizeof(Datum) * n);
+	Datum	   *scopes = palloc(sizeof(Datum) * n);
+	Datum		values[3];
+	int			locked;
+	int			row = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		Change	   *c = &res->changes[from + i];
+
+		ids[i] = Int64GetDatum(c->user_id);
+		statuses[i] = CStringGetTextDatum(c->old_status);
+		scopes[i] = BoolGetDatum(c->in_scope);
+	}
+	values[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	values[1] = PointerGetDatum(construct_array(statuses, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[2] = PointerGetDatum(construct_array(scopes, n, BOOLOID, 1, true, TYPALIGN_CHAR));
+	locked = lhd_exec(&lock_plan, values, NULL, false, 0);
+
+	/* Both lists are in user_id order. */
+	for (int i = from; i < to; i++)
+	{
+		Change	   *c = &res->changes[i];
+		bool		isnull;
+
+		if (row < locked && DatumGetInt64(lhd_getattr(row, 1, &isnull)) == c->user_id)
+		{
+			row++;
+			continue;
+		}
+		/* Changed under us: this run leaves the user alone. */
+		c->status_changes = c->revoke = c->strip = c->returned = false;
+		c->d.exempt = c->was_exempt;
+	}
+}
+
+/*
  * Apply changes [from, to): statuses, sessions, roles, exemptions, audit.
  * The arrays are passed to generic plans (a custom plan would copy them
  * into the plan as constants).
@@ -547,6 +606,7 @@ apply_chunk(const LhdAccessContext *ctx, RunResult *res, int from, int to)
 				ne = 0;
 	AuditBatch	audit = {0};
 
+	lock_unchanged(res, from, to);
 	for (int i = from; i < to; i++)
 	{
 		Change	   *c = &res->changes[i];
