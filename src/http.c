@@ -233,6 +233,48 @@ http_get(LhdEngine *e)
 	return h;
 }
 
+/* X-Audit-Log-Reason: Discord takes 512 characters once URL-encoded. */
+#define AUDIT_REASON_MAX 480
+
+static bool
+url_unreserved(unsigned char b)
+{
+	return (b >= 'A' && b <= 'Z') || (b >= 'a' && b <= 'z') || (b >= '0' && b <= '9') ||
+		b == '-' || b == '.' || b == '_' || b == '~';
+}
+
+/*
+ * The length of the longest prefix of a UTF-8 reason whose URL encoding
+ * takes at most max bytes: cut between characters, so neither a %XX escape
+ * nor a multibyte character is split.
+ */
+static int
+reason_prefix(const char *reason, int max)
+{
+	int			used = 0;
+	int			i = 0;
+
+	while (reason[i] != '\0')
+	{
+		unsigned char lead = (unsigned char) reason[i];
+		int			len = lead < 0x80 ? 1 : (lead & 0xE0) == 0xC0 ? 2 :
+			(lead & 0xF0) == 0xE0 ? 3 : (lead & 0xF8) == 0xF0 ? 4 : 1;
+		int			cost = 0;
+
+		for (int k = 0; k < len; k++)
+		{
+			if (reason[i + k] == '\0')
+				return i;		/* a truncated sequence: drop it */
+			cost += url_unreserved((unsigned char) reason[i + k]) ? 1 : 3;
+		}
+		if (used + cost > max)
+			break;
+		used += cost;
+		i += len;
+	}
+	return i;
+}
+
 /*
  * Append "Name: value" to a header list, failing cleanly on OOM (the list
  * stays the transfer's, and transfer_free releases it).
@@ -297,11 +339,11 @@ setup_transfer(Transfer *t, LhdRequest *r)
 	}
 	if (r->reason && r->reason[0] != '\0')
 	{
-		char	   *enc = curl_easy_escape(c, r->reason, 0);
+		char	   *enc = curl_easy_escape(c, r->reason, reason_prefix(r->reason, AUDIT_REASON_MAX));
 
 		if (enc)
 		{
-			t->headers = add_header(t->headers, psprintf("X-Audit-Log-Reason: %.480s", enc));
+			t->headers = add_header(t->headers, psprintf("X-Audit-Log-Reason: %s", enc));
 			curl_free(enc);
 		}
 	}

@@ -243,7 +243,8 @@ maybe_reconcile(void)
 		next_reconcile = 0;
 		return;
 	}
-	if (next_reconcile == 0)
+	/* A reload that shortens the interval takes effect now, not after the old one. */
+	if (next_reconcile == 0 || next_reconcile > now + (int64) lhd_reconcile_interval * 1000)
 		next_reconcile = now + (int64) lhd_reconcile_interval * 1000;
 	else if (now >= next_reconcile)
 	{

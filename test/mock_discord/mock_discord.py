@@ -924,6 +924,11 @@ class MockDiscord:
             by_status = stats["by_status"]
             by_status[status] = by_status.get(status, 0) + 1
             counter = INVALID_STATUS_COUNTERS.get(status)
+            # Discord does not count a 429 of a shared resource bucket
+            # towards the invalid-request limit.
+            if status == 429 and any(k.lower() == "x-ratelimit-scope" and str(v).lower() == "shared"
+                                     for k, v in reply.headers):
+                counter = None
             if counter is not None:
                 stats["invalid_requests"] += 1
                 stats[counter] += 1
