@@ -585,6 +585,8 @@ lhd_http_step(LhdEngine *e, int max_wait_ms)
 
 		if (r->auth == LHD_AUTH_BOT && (lhd_bot_token == NULL || lhd_bot_token[0] == '\0'))
 		{
+			/* Like a rejected token: pause and say so once, not retry forever. */
+			pause_sending("lhdiscord.bot_token is not set");
 			complete_unsent(e, r, "lhdiscord.bot_token is not set");
 			continue;
 		}

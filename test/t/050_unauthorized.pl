@@ -54,5 +54,22 @@ my $good = BOT_TOKEN;
 unlike($log, qr/\Q$good\E/, 'the new token is not logged by the reload either');
 unlike($log, qr/parameter "lhdiscord\.bot_token" changed/, 'the reload does not report the secret at all');
 
+
+# No bot token at all: the same pause, with its own reason, and no request.
+$node->append_conf('postgresql.conf', "lhdiscord.bot_token = ''");
+$node->reload;
+my $before = mock_stats()->{bot_requests};
+$node->safe_psql('postgres', q{UPDATE lhdiscord.users SET membership_level = 'resident' WHERE user_id = 1});
+ok(wait_for(sub { $node->safe_psql('postgres', 'SELECT paused FROM lhdiscord.worker_status') eq 't' }, 30),
+	'an empty bot token pauses sending');
+is($node->safe_psql('postgres', 'SELECT pause_reason FROM lhdiscord.worker_status'), 'lhdiscord.bot_token is not set',
+	'worker_status says why');
+sleep 3;
+is(mock_stats()->{bot_requests} - $before, 0, 'nothing was sent');
+is($node->safe_psql('postgres', "SELECT state, attempts FROM lhdiscord.outbox WHERE user_id = 1 AND state <> 'done'"),
+	'pending|0', 'the job waits, its attempts untouched');
+my @warned = (slurp_file($node->logfile) =~ /WARNING:  lhdiscord: lhdiscord\.bot_token is not set; all Discord sending is paused/g);
+is(scalar(@warned), 1, 'the pause is logged once');
+
 $node->stop;
 done_testing();
