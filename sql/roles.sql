@@ -156,3 +156,25 @@ SELECT lhdiscord.drain_outbox(0);
 SET ROLE lhd_app;
 SELECT lhdiscord.drain_outbox();
 RESET ROLE;
+
+-- The write-path triggers run as the extension owner with a pinned search
+-- path: an operator the caller plants earlier in its own search_path is
+-- never picked up by them.
+INSERT INTO lhdiscord.users (user_id, username, membership_level) VALUES (7, 'grace', 'traveler');
+SELECT (lhdiscord.link_account(7, '700000000000000007', 'grace_d')).id IS NOT NULL AS linked;
+SELECT lhdiscord.drain_outbox();
+CREATE SCHEMA trap;
+CREATE FUNCTION trap.int8_eq(bigint, bigint) RETURNS boolean LANGUAGE plpgsql
+  AS $$BEGIN RAISE EXCEPTION 'hijacked'; END$$;
+CREATE OPERATOR trap.= (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = trap.int8_eq);
+GRANT USAGE ON SCHEMA trap TO lhd_app;
+SET ROLE lhd_app;
+SET search_path = trap, pg_catalog, public;
+SELECT 1::bigint = 1::bigint AS trapped;
+UPDATE lhdiscord.users SET membership_level = 'citizen' WHERE user_id::text = '7';
+UPDATE lhdiscord.users SET in_brig = true WHERE user_id::text = '7';
+RESET search_path;
+RESET ROLE;
+SELECT action FROM lhdiscord.audit_log WHERE subject_user_id = 7 ORDER BY id;
+SELECT status FROM lhdiscord.discord_accounts WHERE user_id = 7;
+DROP SCHEMA trap CASCADE;
