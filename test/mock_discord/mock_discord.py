@@ -1282,7 +1282,10 @@ class MockDiscord:
 
         author = self.bot_user_id
         now = time.monotonic()
-        key = (cid, author, str(nonce)) if nonce is not None else None
+        # Discord: "If another message was created by the same author with
+        # the same nonce, that message will be returned" -- the author's
+        # nonces, whatever the channel.
+        key = (author, str(nonce)) if nonce is not None else None
         if key is not None and body.get("enforce_nonce") is True:
             seen = self.nonces.get(key)
             if seen is not None and now - seen[0] < self.nonce_window:
