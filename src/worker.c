@@ -333,7 +333,12 @@ run_burst(void)
 		 * at once when it is empty), so that each claim's fixed cost (plan,
 		 * claim statement, inputs, commit) is shared by many jobs.
 		 */
-		if (!exhausted && room >= max_active / 2 && !lhd_is_paused())
+		/*
+		 * After a reload, claim nothing more: the burst drains what it holds
+		 * and ends, and the next one starts with an engine built from the
+		 * new settings (guild_id, api_mode), however busy the outbox is.
+		 */
+		if (!exhausted && !engine_stale && room >= max_active / 2 && !lhd_is_paused())
 		{
 			int			want = Min(room, CLAIM_CHUNK);
 
