@@ -20,12 +20,15 @@ SELECT id, state, attempts, payload->'parts_sent' AS parts_sent FROM lhdiscord.o
 SELECT string_agg(body->>'content', '' ORDER BY id) = repeat('y', 4500) AS hard_split_lossless
   FROM lhdiscord.fake_calls WHERE body->>'content' LIKE 'y%';
 
--- The channel is reused: one more DM opens no new channel.
+-- The channel is reused: one more DM opens no new channel.  worker_status
+-- counts fake calls like real ones.
 TRUNCATE lhdiscord.fake_calls;
+SELECT calls AS calls_before, responses_2xx AS ok_before FROM lhdiscord.worker_status \gset
 INSERT INTO lhdiscord.outbox (kind, discord_user_id, payload)
   VALUES ('dm', '100000000000000002', '{"parts": ["again"]}');
 SELECT lhdiscord.drain_outbox();
 SELECT method, route FROM lhdiscord.fake_calls ORDER BY id;
+SELECT calls - :calls_before AS calls, responses_2xx - :ok_before AS responses_2xx FROM lhdiscord.worker_status;
 
 -- A job without content fails cleanly.
 INSERT INTO lhdiscord.outbox (kind, discord_user_id, payload) VALUES ('dm', '100000000000000002', '{}');

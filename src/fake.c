@@ -22,6 +22,7 @@
 #include "lhdiscord.h"
 #include "lhd_engine.h"
 #include "lhd_json.h"
+#include "lhd_shared.h"
 
 static void
 record_call(LhdRequest *r, int status)
@@ -173,6 +174,8 @@ lhd_fake_execute(LhdEngine *e)
 				break;
 		}
 		record_call(r, status);
+		lhd_count_call();
+		lhd_count_response(status);
 		r->status = status;
 		r->resp_body = body;
 		MemoryContextSwitchTo(e->cxt);

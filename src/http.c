@@ -408,7 +408,7 @@ start_transfer(LhdEngine *e, LhdHttp *h, LhdRequest *r)
 				 errmsg("lhdiscord: could not start a Discord request")));
 	e->inflight++;
 	lhd_limiter_sent(h->limiter, r->route, r->major, lhd_now_ms());
-	pg_atomic_fetch_add_u64(&lhd_shared->calls, 1);
+	lhd_count_call();
 }
 
 /* Complete a request without sending it (paused, no token). */
@@ -494,17 +494,10 @@ finish_transfer(LhdEngine *e, LhdHttp *h, Transfer *t, CURLcode code)
 	else
 	{
 		lhd_limiter_response(h->limiter, r->route, r->major, &t->rh, status, lhd_now_ms());
-		if (status >= 200 && status < 300)
-			pg_atomic_fetch_add_u64(&lhd_shared->responses_2xx, 1);
-		else if (status >= 500)
-			pg_atomic_fetch_add_u64(&lhd_shared->responses_5xx, 1);
-		else
-			pg_atomic_fetch_add_u64(&lhd_shared->responses_4xx, 1);
-
+		lhd_count_response(status);
 		if (status == 429)
 		{
 			/* Paced by the limiter now; try again, not the job's failure. */
-			pg_atomic_fetch_add_u64(&lhd_shared->rate_limited, 1);
 			lhd_set_last_error("%s: HTTP 429 (%s, retry after %.3f s)", r->route,
 							   t->rh.global ? "global" : "bucket", t->rh.retry_after);
 			requeue = true;

@@ -49,6 +49,8 @@ extern void lhd_wake_worker(void);
 extern void lhd_set_last_error(const char *fmt,...) pg_attribute_printf(1, 2);
 extern void lhd_set_paused(bool paused, const char *reason);
 extern bool lhd_is_paused(void);
+extern void lhd_count_call(void);
+extern void lhd_count_response(long status);
 extern void lhd_set_invalid_count(int count, bool throttled);
 extern void lhd_worker_register(Latch *latch);
 extern void lhd_worker_touch(void);

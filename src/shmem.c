@@ -168,6 +168,27 @@ outbox_wake(PG_FUNCTION_ARGS)
 	return PointerGetDatum(NULL);
 }
 
+/* worker_status counters: one call sent (live or fake). */
+void
+lhd_count_call(void)
+{
+	pg_atomic_fetch_add_u64(&lhd_shared->calls, 1);
+}
+
+/* worker_status counters: one HTTP status received (live or fake). */
+void
+lhd_count_response(long status)
+{
+	if (status >= 200 && status < 300)
+		pg_atomic_fetch_add_u64(&lhd_shared->responses_2xx, 1);
+	else if (status >= 500)
+		pg_atomic_fetch_add_u64(&lhd_shared->responses_5xx, 1);
+	else
+		pg_atomic_fetch_add_u64(&lhd_shared->responses_4xx, 1);
+	if (status == 429)
+		pg_atomic_fetch_add_u64(&lhd_shared->rate_limited, 1);
+}
+
 void
 lhd_set_last_error(const char *fmt,...)
 {
