@@ -221,33 +221,24 @@ stash_secret(char **newval, void **extra)
 	return true;
 }
 
-static void
-assign_bot_token(const char *newval, void *extra)
-{
-	lhd_bot_token = extra ? (char *) extra : "";
-}
-
-static void
-assign_client_secret(const char *newval, void *extra)
-{
-	lhd_client_secret = extra ? (char *) extra : "";
-}
-
-static void
-assign_encryption_key(const char *newval, void *extra)
-{
-	lhd_encryption_key = extra ? (char *) extra : "";
-}
-
-#define SHOW_SECRET(name, var) \
+/*
+ * Per secret: the assign hook points the C variable at the value kept in the
+ * extra, and the show hook prints a mask instead of the (empty) GUC text.
+ */
+#define SECRET_HOOKS(name, var) \
+static void \
+assign_##name(const char *newval, void *extra) \
+{ \
+	(var) = extra ? (char *) extra : ""; \
+} \
 static const char * \
-name(void) \
+show_##name(void) \
 { \
 	return (var)[0] != '\0' ? "********" : ""; \
 }
-SHOW_SECRET(show_bot_token, lhd_bot_token)
-SHOW_SECRET(show_client_secret, lhd_client_secret)
-SHOW_SECRET(show_encryption_key, lhd_encryption_key)
+SECRET_HOOKS(bot_token, lhd_bot_token)
+SECRET_HOOKS(client_secret, lhd_client_secret)
+SECRET_HOOKS(encryption_key, lhd_encryption_key)
 
 /*
  * Secrets travel in HTTP headers and form bodies: refuse control characters

@@ -330,7 +330,7 @@ lhd_tasks_load(List *tasks, LhdPlan *plan, void (*fill) (LhdTask *t, int row))
 
 	foreach(lc, tasks)
 		ids[i++] = Int64GetDatum(((LhdTask *) lfirst(lc))->job_id);
-	values[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	values[0] = PointerGetDatum(construct_array_builtin(ids, n, INT8OID));
 	rows = lhd_exec(plan, values, NULL, true, 0);
 	for (int r = 0; r < rows; r++)
 	{
@@ -575,13 +575,13 @@ lhd_engine_record(LhdEngine *e)
 	}
 	dims[0] = n;
 
-	values[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
-	values[1] = PointerGetDatum(construct_array(gens, n, INT4OID, 4, true, TYPALIGN_INT));
-	values[2] = PointerGetDatum(construct_array(states, n, TEXTOID, -1, false, TYPALIGN_INT));
-	values[3] = PointerGetDatum(construct_array(statuses, n, INT4OID, 4, true, TYPALIGN_INT));
+	values[0] = PointerGetDatum(construct_array_builtin(ids, n, INT8OID));
+	values[1] = PointerGetDatum(construct_array_builtin(gens, n, INT4OID));
+	values[2] = PointerGetDatum(construct_array_builtin(states, n, TEXTOID));
+	values[3] = PointerGetDatum(construct_array_builtin(statuses, n, INT4OID));
 	values[4] = PointerGetDatum(construct_md_array(errs, errnulls, 1, dims, lbs,
 												   TEXTOID, -1, false, TYPALIGN_INT));
-	values[5] = PointerGetDatum(construct_array(delays, n, INT4OID, 4, true, TYPALIGN_INT));
+	values[5] = PointerGetDatum(construct_array_builtin(delays, n, INT4OID));
 	values[6] = PointerGetDatum(construct_array(uncounted, n, BOOLOID, 1, true, TYPALIGN_CHAR));
 	updated = lhd_exec(&plan, values, NULL, false, 0);
 	for (int k = 0; k < updated; k++)

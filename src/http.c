@@ -23,6 +23,7 @@
 
 #include <curl/curl.h>
 
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "utils/memutils.h"
@@ -244,9 +245,10 @@ url_unreserved(unsigned char b)
 }
 
 /*
- * The length of the longest prefix of a UTF-8 reason whose URL encoding
- * takes at most max bytes: cut between characters, so neither a %XX escape
- * nor a multibyte character is split.
+ * The length of the longest prefix of a reason whose URL encoding takes at
+ * most max bytes: cut between characters (of the database encoding, as the
+ * DM splitter does), so neither a %XX escape nor a multibyte character is
+ * split.
  */
 static int
 reason_prefix(const char *reason, int max)
@@ -256,9 +258,7 @@ reason_prefix(const char *reason, int max)
 
 	while (reason[i] != '\0')
 	{
-		unsigned char lead = (unsigned char) reason[i];
-		int			len = lead < 0x80 ? 1 : (lead & 0xE0) == 0xC0 ? 2 :
-			(lead & 0xF0) == 0xE0 ? 3 : (lead & 0xF8) == 0xF0 ? 4 : 1;
+		int			len = pg_mblen(reason + i);
 		int			cost = 0;
 
 		for (int k = 0; k < len; k++)

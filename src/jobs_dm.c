@@ -130,8 +130,7 @@ dm_fill(LhdTask *t, int r)
 		bool	   *nulls;
 		int			ne;
 
-		deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT,
-						  &elems, &nulls, &ne);
+		deconstruct_array_builtin(DatumGetArrayTypeP(d), TEXTOID, &elems, &nulls, &ne);
 		st->parts = palloc(sizeof(char *) * (ne + 1));
 		for (int k = 0; k < ne; k++)
 			if (!nulls[k])

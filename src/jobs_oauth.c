@@ -243,6 +243,7 @@ lhd_refresh_record(LhdEngine *e, List *tasks)
 		.argtypes = {INT8OID}
 	};
 	ListCell   *lc;
+	bool		durable = false;
 
 	foreach(lc, tasks)
 	{
@@ -253,16 +254,20 @@ lhd_refresh_record(LhdEngine *e, List *tasks)
 			continue;
 		if (t->outcome == LHD_OUT_DONE && st->new_access)
 		{
+			Datum		values[4];
+			char		nulls[4] = {' ', ' ', ' ', ' '};
+
 			/*
 			 * Discord has rotated the refresh token: losing this commit in a
 			 * crash would leave only the dead one.  Commit synchronously,
 			 * whatever the worker's session default.
 			 */
-			Datum		values[4];
-			char		nulls[4] = {' ', ' ', ' ', ' '};
-
-			set_config_option("synchronous_commit", "on", PGC_USERSET, PGC_S_OVERRIDE,
-							  GUC_ACTION_LOCAL, true, 0, false);
+			if (!durable)
+			{
+				set_config_option("synchronous_commit", "on", PGC_USERSET, PGC_S_OVERRIDE,
+								  GUC_ACTION_LOCAL, true, 0, false);
+				durable = true;
+			}
 
 			values[0] = Int64GetDatum(st->account_id);
 			values[1] = PointerGetDatum(lhd_encrypt_token(st->new_access,

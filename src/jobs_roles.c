@@ -263,15 +263,15 @@ lhd_roles_record(LhdEngine *e, List *tasks)
 	{
 		Datum		values[2];
 
-		values[0] = PointerGetDatum(construct_array(known_ids, nknown, TEXTOID, -1, false, TYPALIGN_INT));
-		values[1] = PointerGetDatum(construct_array(known_sets, nknown, TEXTOID, -1, false, TYPALIGN_INT));
+		values[0] = PointerGetDatum(construct_array_builtin(known_ids, nknown, TEXTOID));
+		values[1] = PointerGetDatum(construct_array_builtin(known_sets, nknown, TEXTOID));
 		lhd_exec(&upsert_plan, values, NULL, false, 0);
 	}
 	if (nunknown > 0)
 	{
 		Datum		values[1];
 
-		values[0] = PointerGetDatum(construct_array(unknown_ids, nunknown, TEXTOID, -1, false, TYPALIGN_INT));
+		values[0] = PointerGetDatum(construct_array_builtin(unknown_ids, nunknown, TEXTOID));
 		lhd_exec(&forget_plan, values, NULL, false, 0);
 	}
 }

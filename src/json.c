@@ -221,13 +221,20 @@ lhd_json_parse_user(const char *body, LhdJsonUser *out)
 	return out->id != NULL && out->username != NULL;
 }
 
-char *
-lhd_json_dm_channel_body(const char *recipient_id)
+/* {"<key>": "<value>"} */
+static char *
+string_field_body(const char *key, const char *value)
 {
 	json_t	   *root = new_object();
 
-	json_object_set_new(root, "recipient_id", json_string(recipient_id));
+	json_object_set_new(root, key, json_string(value));
 	return dump(root);
+}
+
+char *
+lhd_json_dm_channel_body(const char *recipient_id)
+{
+	return string_field_body("recipient_id", recipient_id);
 }
 
 /* Create Message with a nonce Discord enforces: a retry returns the original. */
@@ -245,10 +252,7 @@ lhd_json_message_body(const char *content, const char *nonce)
 char *
 lhd_json_join_body(const char *access_token)
 {
-	json_t	   *root = new_object();
-
-	json_object_set_new(root, "access_token", json_string(access_token));
-	return dump(root);
+	return string_field_body("access_token", access_token);
 }
 
 /* A guild member object (used by the fake API). */

@@ -123,14 +123,13 @@ notify(PG_FUNCTION_ARGS)
 				 errmsg("notification content is too long"),
 				 errdetail("It has %d characters; at most %d (%d messages) are sent.",
 						   pg_mbstrlen(content), NOTIFY_MAX_CHARS, NOTIFY_MAX_CHARS / LHD_MESSAGE_MAX)));
-	/* Whitespace only: Discord refuses empty messages, nothing to send. */
-	if (strspn(content, " \t\r\n") == strlen(content))
+	/* Whitespace only splits into no parts: nothing to send. */
+	nparts = lhd_split_message(content, LHD_MESSAGE_MAX, &parts);
+	if (nparts == 0)
 	{
 		SPI_finish();
 		PG_RETURN_INT32(0);
 	}
-
-	nparts = lhd_split_message(content, LHD_MESSAGE_MAX, &parts);
 	initStringInfo(&json);
 	lhd_json_append_array(&json, parts, nparts);
 

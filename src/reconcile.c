@@ -385,8 +385,8 @@ collect_changes(const LhdAccessContext *ctx, int64 only_user, RunResult *res)
 			Datum	   *elems;
 			bool	   *enulls;
 
-			deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT,
-							  &elems, &enulls, &c->nroles);
+			deconstruct_array_builtin(DatumGetArrayTypeP(d), TEXTOID,
+									  &elems, &enulls, &c->nroles);
 			c->roles = palloc(sizeof(char *) * (c->nroles + 1));
 			for (int k = 0; k < c->nroles; k++)
 				c->roles[k] = TextDatumGetCString(elems[k]);
@@ -490,12 +490,12 @@ batch_write(AuditBatch *b)
 
 	if (b->n == 0)
 		return;
-	values[0] = PointerGetDatum(construct_array(b->actions, b->n, TEXTOID, -1, false, TYPALIGN_INT));
-	values[1] = PointerGetDatum(construct_array(b->subjects, b->n, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	values[0] = PointerGetDatum(construct_array_builtin(b->actions, b->n, TEXTOID));
+	values[1] = PointerGetDatum(construct_array_builtin(b->subjects, b->n, INT8OID));
 	values[2] = PointerGetDatum(construct_md_array(b->befores, b->before_nulls, 1, dims, lbs,
 												   TEXTOID, -1, false, TYPALIGN_INT));
-	values[3] = PointerGetDatum(construct_array(b->afters, b->n, TEXTOID, -1, false, TYPALIGN_INT));
-	values[4] = PointerGetDatum(construct_array(b->descriptions, b->n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[3] = PointerGetDatum(construct_array_builtin(b->afters, b->n, TEXTOID));
+	values[4] = PointerGetDatum(construct_array_builtin(b->descriptions, b->n, TEXTOID));
 	lhd_exec(&plan, values, NULL, false, 0);
 }
 
@@ -536,8 +536,8 @@ lock_unchanged(RunResult *res, int from, int to)
 		statuses[i] = CStringGetTextDatum(c->old_status);
 		scopes[i] = BoolGetDatum(c->in_scope);
 	}
-	values[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
-	values[1] = PointerGetDatum(construct_array(statuses, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[0] = PointerGetDatum(construct_array_builtin(ids, n, INT8OID));
+	values[1] = PointerGetDatum(construct_array_builtin(statuses, n, TEXTOID));
 	values[2] = PointerGetDatum(construct_array(scopes, n, BOOLOID, 1, true, TYPALIGN_CHAR));
 	locked = lhd_exec(&lock_plan, values, NULL, false, 0);
 
@@ -683,8 +683,8 @@ apply_chunk(const LhdAccessContext *ctx, RunResult *res, int from, int to)
 	{
 		Datum		values[3];
 
-		values[0] = PointerGetDatum(construct_array(sid, ns, INT8OID, 8, true, TYPALIGN_DOUBLE));
-		values[1] = PointerGetDatum(construct_array(sstatus, ns, TEXTOID, -1, false, TYPALIGN_INT));
+		values[0] = PointerGetDatum(construct_array_builtin(sid, ns, INT8OID));
+		values[1] = PointerGetDatum(construct_array_builtin(sstatus, ns, TEXTOID));
 		values[2] = PointerGetDatum(construct_array(srevoke, ns, BOOLOID, 1, true, TYPALIGN_CHAR));
 		lhd_exec(&status_plan, values, NULL, false, 0);
 	}
@@ -703,8 +703,8 @@ apply_chunk(const LhdAccessContext *ctx, RunResult *res, int from, int to)
 			ids[k] = Int64GetDatum(*(int64 *) lfirst(a));
 			roles[k++] = CStringGetTextDatum((char *) lfirst(b));
 		}
-		values[0] = PointerGetDatum(construct_array(ids, nr, INT8OID, 8, true, TYPALIGN_DOUBLE));
-		values[1] = PointerGetDatum(construct_array(roles, nr, TEXTOID, -1, false, TYPALIGN_INT));
+		values[0] = PointerGetDatum(construct_array_builtin(ids, nr, INT8OID));
+		values[1] = PointerGetDatum(construct_array_builtin(roles, nr, TEXTOID));
 		lhd_exec(&roles_plan, values, NULL, false, 0);
 	}
 	if (ne > 0)
@@ -713,7 +713,7 @@ apply_chunk(const LhdAccessContext *ctx, RunResult *res, int from, int to)
 		int			dims[1] = {ne};
 		int			lbs[1] = {1};
 
-		values[0] = PointerGetDatum(construct_array(eid, ne, INT8OID, 8, true, TYPALIGN_DOUBLE));
+		values[0] = PointerGetDatum(construct_array_builtin(eid, ne, INT8OID));
 		values[1] = PointerGetDatum(construct_array(eflag, ne, BOOLOID, 1, true, TYPALIGN_CHAR));
 		values[2] = PointerGetDatum(construct_md_array(ekind, eknull, 1, dims, lbs,
 													   TEXTOID, -1, false, TYPALIGN_INT));

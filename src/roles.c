@@ -192,8 +192,7 @@ lhd_roleset_from_array(LhdRoleSet *set, Datum arr, bool isnull)
 	set->ids = NULL;
 	if (isnull)
 		return;
-	deconstruct_array(DatumGetArrayTypeP(arr), TEXTOID, -1, false, TYPALIGN_INT,
-					  &elems, &nulls, &n);
+	deconstruct_array_builtin(DatumGetArrayTypeP(arr), TEXTOID, &elems, &nulls, &n);
 	for (int i = 0; i < n; i++)
 		if (!nulls[i])
 			lhd_roleset_add(set, TextDatumGetCString(elems[i]));

@@ -77,7 +77,7 @@ lhd_text_array(char **items, int n)
 
 	for (int i = 0; i < n; i++)
 		elems[i] = CStringGetTextDatum(items[i]);
-	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+	return PointerGetDatum(construct_array_builtin(elems, n, TEXTOID));
 }
 
 /* Append a JSON array of n strings. */
