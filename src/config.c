@@ -149,14 +149,14 @@ check_api_base_url(char **newval, void **extra, GucSource source)
 
 		if (len > 0 && url[len - 1] == '/')
 		{
-			/* PG15 frees string GUC values with free(): allocate with malloc. */
-			char	   *copy = malloc(len);
+			/* A string GUC value belongs to guc.c's allocator. */
+			char	   *copy = lhd_guc_malloc(len);
 
 			if (copy == NULL)
 				return false;
 			memcpy(copy, url, len - 1);
 			copy[len - 1] = '\0';
-			free(*newval);
+			lhd_guc_free(*newval);
 			*newval = copy;
 		}
 	}
@@ -199,23 +199,25 @@ check_redirect_uri(char **newval, void **extra, GucSource source)
 
 /*
  * Move an accepted secret out of the GUC variable into the setting's extra
- * (malloc'd, as guc.c frees extras and string values with free()).
+ * (both allocated with guc.c's allocator, which frees extras and string
+ * values: malloc up to PostgreSQL 15, GUCMemoryContext from 16; see
+ * lhd_compat.h).
  */
 static bool
 stash_secret(char **newval, void **extra)
 {
-	char	   *value = strdup(*newval ? *newval : "");
-	char	   *empty = strdup("");
+	char	   *value = lhd_guc_strdup(*newval ? *newval : "");
+	char	   *empty = lhd_guc_strdup("");
 
 	if (value == NULL || empty == NULL)
 	{
-		free(value);
-		free(empty);
+		lhd_guc_free(value);
+		lhd_guc_free(empty);
 		GUC_check_errcode(ERRCODE_OUT_OF_MEMORY);
 		GUC_check_errmsg("out of memory");
 		return false;
 	}
-	free(*newval);
+	lhd_guc_free(*newval);
 	*newval = empty;
 	*extra = value;
 	return true;

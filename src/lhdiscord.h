@@ -18,6 +18,8 @@
 
 #include "postgres.h"
 
+#include "lhd_compat.h"
+
 #include "access/htup.h"
 #include "access/tupdesc.h"
 #include "executor/spi.h"
@@ -83,7 +85,7 @@ extern void lhd_define_gucs(void);
 extern bool lhd_is_snowflake(const char *s);
 extern bool lhd_is_role_name(const char *s);
 extern void lhd_require_not_null(bool isnull, const char *argname);
-extern void lhd_raise_no_user(int64 user_id) pg_attribute_noreturn();
+extern pg_noreturn void lhd_raise_no_user(int64 user_id);
 extern char *lhd_require_snowflake(text *t, const char *what);
 extern char *lhd_require_text(text *t, const char *what, int minlen, int maxlen);
 extern bool lhd_has_control_chars(const char *s, bool space_too);
