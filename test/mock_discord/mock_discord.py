@@ -86,11 +86,38 @@ Fault rules (POST /_mock/faults, one object or a list; first match wins):
      "drop": true | "reset",                      close (FIN) / reset (RST)
                                                   without answering
      "hang": true,                                never answer
+     "body_bytes": 104857600,                     a generated body of exactly
+                                                  this many bytes (JSON
+                                                  {"padding":"xxx..."}),
+                                                  status 200 unless given
+     "chunked": true,                             with body_bytes: sent with
+                                                  Transfer-Encoding: chunked,
+                                                  no Content-Length
      "process": true}                             still apply the request (a
                                                   lost response); implied for
                                                   latency-only rules
 "down": true in the config answers every bot route with 502; "latency_ms"
 there delays every non-control response.
+
+Fault recipes:
+    {"status": 429, "retry_after": 1e9, "global": true}   absurd global 429:
+        body retry_after 1000000000.0, Retry-After: 1000000000,
+        X-RateLimit-Global: true, X-RateLimit-Scope: global; without
+        "global" the same as a per-route 429 (scope "user"); add
+        "headers": {"X-RateLimit-Reset-After": "1000000000.000"} for an
+        absurd reset-after as well.
+    {"method": "PUT", "path": "/roles/\\d+$", "status": 200,
+     "body": "<html>...</html>"}                a 200 text/html answer where
+        Discord answers 204 (the role is not changed unless "process").
+    {"drop": "reset", "count": 3}               three connection resets (RST);
+        "drop": true closes with FIN.
+    {"latency_ms": 2000, "count": 5}            five slow (but applied) calls.
+    POST /_mock/config {"down": true}           502 on every bot route.
+A body_bytes body is generated while it is sent, one shared 256 KiB buffer
+at a time and only while the socket takes it (flow control), so a 100 MB
+answer costs no memory; when the client closes mid-body the mock stops at
+once. /_mock/stats counts streams_started, streams_completed,
+streams_abandoned and stream_bytes_sent (body bytes handed to the socket).
 
 Secrets (tokens, client secrets, OAuth codes) are never written to the request
 records or to the --log file: Authorization headers become
@@ -330,15 +357,19 @@ def status_line(status):
 
 class Reply:
     """A response to send: status, body bytes, content type, extra headers,
-    and the Discord error code (for the request record)."""
-    __slots__ = ("status", "body", "ctype", "headers", "code")
+    and the Discord error code (for the request record). stream, when set,
+    is (number of bytes, chunked): the body is generated while it is sent
+    (see HttpProtocol.pump) instead of being held in body."""
+    __slots__ = ("status", "body", "ctype", "headers", "code", "stream")
 
-    def __init__(self, status, body=EMPTY, ctype=None, headers=None, code=None):
+    def __init__(self, status, body=EMPTY, ctype=None, headers=None, code=None,
+                 stream=None):
         self.status = status
         self.body = body
         self.ctype = ctype
         self.headers = headers if headers is not None else []
         self.code = code
+        self.stream = stream
 
 
 def json_reply(status, obj, headers=None, code=None):
@@ -514,7 +545,7 @@ class FaultRule:
     """A fault-injection rule (see /_mock/faults)."""
     FIELDS = {"method", "path", "query", "status", "code", "message", "body", "headers",
               "count", "latency_ms", "drop", "hang", "process", "retry_after",
-              "global", "scope"}
+              "global", "scope", "body_bytes", "chunked"}
 
     def __init__(self, rid, spec):
         unknown = set(spec) - self.FIELDS
@@ -536,6 +567,22 @@ class FaultRule:
         self.message = spec.get("message")
         self.body = spec.get("body")
         self.headers = spec.get("headers") or {}
+        # A generated body of body_bytes bytes, streamed (never built in
+        # memory); the status defaults to 200.
+        self.body_bytes = spec.get("body_bytes")
+        if self.body_bytes is not None:
+            if isinstance(self.body_bytes, bool) or not isinstance(self.body_bytes, int) \
+                    or self.body_bytes < 0:
+                raise ValueError("body_bytes must be an integer >= 0")
+            if self.body is not None:
+                raise ValueError("body and body_bytes are exclusive")
+            if self.status is None:
+                self.status = 200
+        self.chunked = spec.get("chunked", False)
+        if self.chunked not in (True, False):
+            raise ValueError("chunked must be true or false")
+        if self.chunked and self.body_bytes is None:
+            raise ValueError("chunked needs body_bytes")
         self.count = int(spec.get("count", 1))
         if self.count == 0 or self.count < -1:
             raise ValueError("count must be -1 (until cleared) or >= 1")
@@ -568,6 +615,9 @@ class FaultRule:
         """The injected response."""
         status = self.status
         headers = [(str(k), str(v)) for k, v in self.headers.items()]
+        if self.body_bytes is not None:
+            return Reply(status, EMPTY, JSON_CT, headers,
+                         stream=(self.body_bytes, self.chunked))
         if self.body is not None:
             return Reply(status, str(self.body).encode(), "text/html", headers)
         if status == 429 and self.code is None:
@@ -707,6 +757,11 @@ class MockDiscord:
             "invalid_requests": 0, "unauthorized_401": 0, "forbidden_403": 0,
             "rate_limited_429": 0, "ua_bad": 0, "dropped": 0, "hung": 0,
             "faults_injected": 0,
+            # Streamed bodies (fault rules with body_bytes): started,
+            # sent to the end, cut short by the client closing, and the body
+            # bytes handed to the socket.
+            "streams_started": 0, "streams_completed": 0,
+            "streams_abandoned": 0, "stream_bytes_sent": 0,
         }
 
     @property
@@ -1775,7 +1830,8 @@ def parse_chunked(buf, limit):
 
 
 def render(reply, keep_alive, version, head_only=False):
-    """Serialise a Reply into the bytes of an HTTP/1.1 response."""
+    """Serialise a Reply into the bytes of an HTTP/1.1 response (only the
+    head for a streamed reply: HttpProtocol.pump sends its body)."""
     status = reply.status
     lines = [status_line(status), "Date: ", http_date(), "\r\n"]
     for name, value in reply.headers:
@@ -1784,7 +1840,15 @@ def render(reply, keep_alive, version, head_only=False):
     if status != 204 and status != 304 and status >= 200:
         if reply.ctype:
             lines.append("Content-Type: %s\r\n" % reply.ctype)
-        lines.append("Content-Length: %d\r\n" % len(body))
+        stream = reply.stream
+        if stream is None:
+            lines.append("Content-Length: %d\r\n" % len(body))
+        elif not stream[1]:
+            lines.append("Content-Length: %d\r\n" % stream[0])
+        elif version == "HTTP/1.1":
+            lines.append("Transfer-Encoding: chunked\r\n")
+        else:
+            keep_alive = False      # HTTP/1.0: the close ends the body
     else:
         body = EMPTY
     if not keep_alive:
@@ -1796,9 +1860,35 @@ def render(reply, keep_alive, version, head_only=False):
     return head if head_only or not body else head + body
 
 
+# Streamed bodies: {"padding":"xxx...x"} of exactly the requested size (plain
+# x's below 14 bytes), sent in STREAM_CHUNK pieces of one shared buffer, only
+# while the transport's write buffer is under its high-water mark, so a
+# 100 MB body costs no memory and stops as soon as the client goes away.
+STREAM_CHUNK = 256 * 1024
+STREAM_FILL = memoryview(b"x" * STREAM_CHUNK)
+STREAM_PREFIX = b'{"padding":"'
+STREAM_SUFFIX = b'"}'
+STREAM_HIGH_WATER = 1024 * 1024
+
+
+def stream_pieces(n):
+    """Yield the pieces (bytes or memoryview) of an n-byte streamed body."""
+    if n < len(STREAM_PREFIX) + len(STREAM_SUFFIX):
+        yield STREAM_FILL[:n]
+        return
+    yield STREAM_PREFIX
+    fill = n - len(STREAM_PREFIX) - len(STREAM_SUFFIX)
+    while fill > 0:
+        k = min(fill, STREAM_CHUNK)
+        yield STREAM_FILL[:k]
+        fill -= k
+    yield STREAM_SUFFIX
+
+
 class HttpProtocol(asyncio.Protocol):
     """One client connection. Requests are answered strictly in order; while
-    a response is delayed (latency, hang) further input is only buffered."""
+    a response is delayed (latency, hang) or its body is being streamed,
+    further input is only buffered."""
 
     def __init__(self, app):
         self.app = app
@@ -1810,9 +1900,12 @@ class HttpProtocol(asyncio.Protocol):
         self.busy = False           # a response is pending (delay or hang)
         self.closing = False
         self.timer = None
+        self.paused = False         # the transport asked us to stop writing
+        self.stream = None          # (piece iterator, chunked, keep_alive)
 
     def connection_made(self, transport):
         self.transport = transport
+        transport.set_write_buffer_limits(high=STREAM_HIGH_WATER)
         self.app.connections.add(self)
         self.app.connections_total += 1
 
@@ -1821,7 +1914,52 @@ class HttpProtocol(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.stream is not None:
+            self.stream = None
+            self.app.stats["streams_abandoned"] += 1
         self.app.connections.discard(self)
+
+    def pause_writing(self):
+        self.paused = True
+
+    def resume_writing(self):
+        self.paused = False
+        if self.stream is not None and not self.closing \
+                and not self.transport.is_closing() and self.pump() \
+                and not self.closing and self.buf:
+            self.process()
+
+    def pump(self):
+        """Send pieces of the streamed body until the transport pushes back
+        or the body ends; resume_writing calls it again. True when the body
+        is complete (the caller then goes on with buffered requests)."""
+        pieces, chunked, keep_alive = self.stream
+        transport = self.transport
+        stats = self.app.stats
+        # is_closing(): after a reset the transport drops writes and resumes
+        # us; the body must stop there, not run on into the void.
+        while not self.paused and not self.closing and not transport.is_closing():
+            piece = next(pieces, None)
+            if piece is None:
+                break
+            if chunked:
+                transport.write(b"%x\r\n" % len(piece))
+                transport.write(piece)
+                transport.write(b"\r\n")
+            else:
+                transport.write(piece)
+            stats["stream_bytes_sent"] += len(piece)
+        else:
+            return False            # paused, or the connection is going
+        if chunked:
+            transport.write(b"0\r\n\r\n")
+        self.stream = None
+        stats["streams_completed"] += 1
+        self.busy = False
+        if not keep_alive:
+            self.closing = True
+            transport.close()
+        return True
 
     def data_received(self, data):
         if self.closing:
@@ -1961,8 +2099,18 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 self.transport.close()
             return
-        self.transport.write(render(reply, req.keep_alive, req.version,
-                                    req.method == "HEAD"))
+        head_only = req.method == "HEAD"
+        self.transport.write(render(reply, req.keep_alive, req.version, head_only))
+        stream = reply.stream
+        if stream is not None and not head_only and reply.status >= 200 \
+                and reply.status not in (204, 304):
+            chunked = stream[1] and req.version == "HTTP/1.1"
+            keep_alive = req.keep_alive and (req.version == "HTTP/1.1" or not stream[1])
+            self.stream = (stream_pieces(stream[0]), chunked, keep_alive)
+            self.busy = True
+            self.app.stats["streams_started"] += 1
+            self.pump()
+            return
         if not req.keep_alive:
             self.closing = True
             self.transport.close()

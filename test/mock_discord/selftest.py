@@ -953,6 +953,235 @@ class H_Faults(MockCase):
         self.ctl("POST", "/_mock/faults", {"path": "x"}, expect=400)
         self.ctl("POST", "/_mock/faults", {"status": 503, "count": 0}, expect=400)
         self.ctl("POST", "/_mock/faults", {"status": 503, "bogus": 1}, expect=400)
+        self.ctl("POST", "/_mock/faults", {"body_bytes": -1}, expect=400)
+        self.ctl("POST", "/_mock/faults", {"body_bytes": "10"}, expect=400)
+        self.ctl("POST", "/_mock/faults", {"body_bytes": 10, "body": "x"}, expect=400)
+        self.ctl("POST", "/_mock/faults", {"status": 200, "chunked": True}, expect=400)
+        self.assertEqual(self.ctl("GET", "/_mock/faults"), {"faults": []})
+
+    def test_fault_429_absurd_retry_after(self):
+        # 1e9 seconds, global and per-route, in the body and the headers.
+        self.make_guild()
+        self.ctl("POST", "/_mock/faults", [
+            {"status": 429, "retry_after": 1e9, "global": True},
+            {"status": 429, "retry_after": 1e9,
+             "headers": {"X-RateLimit-Remaining": "0",
+                         "X-RateLimit-Reset-After": "1000000000.000"}}])
+        r = self.get_member()
+        self.assertEqual((r.status, r.json["retry_after"], r.json["global"]),
+                         (429, 1e9, True))
+        self.assertEqual(r.headers["Retry-After"], "1000000000")
+        self.assertEqual(r.headers["X-RateLimit-Global"], "true")
+        self.assertEqual(r.headers["X-RateLimit-Scope"], "global")
+        r = self.get_member()
+        self.assertEqual((r.status, r.json["retry_after"], r.json["global"]),
+                         (429, 1e9, False))
+        self.assertEqual(r.headers["Retry-After"], "1000000000")
+        self.assertIsNone(r.headers["X-RateLimit-Global"])
+        self.assertEqual(r.headers["X-RateLimit-Scope"], "user")
+        self.assertEqual(r.headers["X-RateLimit-Reset-After"], "1000000000.000")
+        self.assertEqual(self.get_member().status, 200)
+
+    def test_role_put_html_200(self):
+        # A 200 with an HTML body where Discord answers 204; the role is not
+        # applied unless "process" is set.
+        self.make_guild()
+        html = "<html><body><h1>Welcome</h1></body></html>"
+        self.ctl("POST", "/_mock/faults", {"method": "PUT", "path": "/roles/\\d+$",
+                                           "status": 200, "body": html})
+        role = "/guilds/%s/members/%s/roles/%s" % (GUILD, USER_A, ROLE_B)
+        r = self.api("PUT", role)
+        self.assertEqual((r.status, r.body.decode()), (200, html))
+        self.assertTrue(r.headers["Content-Type"].startswith("text/html"))
+        self.assertEqual(self.ctl("GET", "/_mock/members/%s/%s" % (GUILD, USER_A)),
+                         {"roles": [ROLE_A]})
+        self.ctl("POST", "/_mock/faults", {"method": "PUT", "path": "/roles/\\d+$",
+                                           "status": 200, "body": html, "process": True})
+        self.assertEqual(self.api("PUT", role).status, 200)
+        self.assertEqual(sorted(self.ctl("GET", "/_mock/members/%s/%s"
+                                         % (GUILD, USER_A))["roles"]),
+                         sorted([ROLE_A, ROLE_B]))
+
+    def test_reset_is_rst_and_drop_is_fin(self):
+        self.make_guild()
+        req = raw_request("GET", "/api/v10/guilds/%s/members/%s" % (GUILD, USER_A),
+                          headers=bot_headers())
+        self.ctl("POST", "/_mock/faults", {"drop": "reset", "count": 2})
+        for _ in range(2):
+            with raw_socket() as sock:
+                sock.sendall(req)
+                with self.assertRaises(ConnectionResetError):
+                    while sock.recv(65536):
+                        pass
+        self.ctl("POST", "/_mock/faults", {"drop": True})
+        with raw_socket() as sock:
+            sock.sendall(req)
+            self.assertEqual(sock.recv(65536), b"")          # orderly close
+        with raw_socket() as sock:
+            sock.sendall(req)
+            self.assertEqual(read_response(sock)[0], 200)
+        self.assertEqual(self.ctl("GET", "/_mock/stats")["dropped"], 3)
+
+    def test_latency_rule_with_count(self):
+        self.make_guild()
+        self.ctl("POST", "/_mock/faults", {"latency_ms": 300, "count": 2})
+        for slow in (True, True, False):
+            t0 = time.time()
+            self.assertEqual(self.get_member().status, 200)
+            elapsed = time.time() - t0
+            if slow:
+                self.assertGreaterEqual(elapsed, 0.29)
+            else:
+                self.assertLess(elapsed, 0.2)
+
+    def test_down_spares_control_and_ends(self):
+        self.make_guild()
+        self.ctl("POST", "/_mock/config", {"down": True})
+        for _ in range(3):
+            self.assertDiscordError(self.api("POST", "/users/@me/channels",
+                                             {"recipient_id": USER_A}), 502, 0)
+        self.assertEqual(self.ctl("GET", "/_mock/health"), {"ok": True})
+        self.assertEqual(self.ctl("GET", "/_mock/stats")["by_status"]["502"], 3)
+        self.ctl("POST", "/_mock/config", {"down": False})
+        self.assertEqual(self.api("POST", "/users/@me/channels",
+                                  {"recipient_id": USER_A}).status, 200)
+
+
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as fp:
+        for line in fp:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class H2_HugeBodies(MockCase):
+    """body_bytes rules: huge bodies streamed, never built in memory."""
+
+    MB100 = 100 * 1024 * 1024
+
+    def member_request(self, extra=None):
+        return raw_request("GET", "/api/v10/guilds/%s/members/%s" % (GUILD, USER_A),
+                           headers=bot_headers(extra=extra))
+
+    def wait_stats(self, key, value, timeout=10.0):
+        deadline = time.time() + timeout
+        while True:
+            stats = self.ctl("GET", "/_mock/stats")
+            if stats[key] >= value or time.time() > deadline:
+                return stats
+            time.sleep(0.02)
+
+    def read_head(self, sock):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed before response head")
+            buf += chunk
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip()
+                   for k, v in (line.split(":", 1) for line in lines[1:])}
+        return int(lines[0].split(" ")[1]), headers, rest
+
+    def test_small_body_exact_and_keep_alive(self):
+        self.make_guild()
+        self.ctl("POST", "/_mock/faults", [{"body_bytes": 3_000_001},
+                                           {"body_bytes": 5},
+                                           {"body_bytes": 0, "status": 503}])
+        r = self.get_member()
+        self.assertEqual((r.status, len(r.body)), (200, 3_000_001))
+        self.assertEqual(r.headers["Content-Length"], "3000001")
+        self.assertEqual(len(r.json["padding"]), 3_000_001 - 14)
+        self.assertEqual(self.get_member().body, b"xxxxx")
+        r = self.get_member()
+        self.assertEqual((r.status, r.body), (503, b""))
+        r = self.get_member()                    # same connection, normal again
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.json["user"]["id"], USER_A)
+        stats = self.ctl("GET", "/_mock/stats")
+        self.assertEqual((stats["streams_started"], stats["streams_completed"],
+                          stats["streams_abandoned"]), (3, 3, 0))
+
+    get_member = H_Faults.get_member
+
+    def test_chunked_body(self):
+        self.make_guild()
+        self.ctl("POST", "/_mock/faults", {"body_bytes": 1_000_000, "chunked": True,
+                                           "status": 500, "count": 2})
+        r = self.get_member()
+        self.assertEqual((r.status, len(r.body)), (500, 1_000_000))
+        self.assertIsNone(r.headers["Content-Length"])
+        self.assertEqual(r.headers["Transfer-Encoding"], "chunked")
+        self.assertEqual(len(r.json["padding"]), 1_000_000 - 14)
+        # HTTP/1.0 has no chunked encoding: the close ends the body.
+        with raw_socket() as sock:
+            sock.sendall(self.member_request().replace(b"HTTP/1.1", b"HTTP/1.0", 1))
+            status, headers, rest = self.read_head(sock)
+            self.assertNotIn("transfer-encoding", headers)
+            self.assertNotIn("content-length", headers)
+            n = len(rest)
+            while True:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    break
+                n += len(chunk)
+            self.assertEqual((status, n), (500, 1_000_000))
+        self.assertEqual(self.get_member().status, 200)
+
+    def test_100mb_abandoned_costs_nothing(self):
+        # The client reads 1 MiB and hangs up: the mock stops at once, having
+        # handed the socket a small part of the body, and its memory does not
+        # grow by anything like the body's size.
+        self.make_guild()
+        rss_before = rss_kib(PROC.pid)
+        for chunked in (False, True):
+            self.ctl("POST", "/_mock/faults", {"body_bytes": self.MB100, "chunked": chunked})
+            with raw_socket() as sock:
+                sock.sendall(self.member_request())
+                status, headers, rest = self.read_head(sock)
+                self.assertEqual(status, 200)
+                if chunked:
+                    self.assertEqual(headers.get("transfer-encoding"), "chunked")
+                    self.assertNotIn("content-length", headers)
+                else:
+                    self.assertEqual(headers.get("content-length"), str(self.MB100))
+                got = len(rest)
+                while got < 1 << 20:
+                    got += len(sock.recv(65536))
+        stats = self.wait_stats("streams_abandoned", 2)
+        self.assertEqual((stats["streams_started"], stats["streams_abandoned"],
+                          stats["streams_completed"]), (2, 2, 0))
+        # Socket buffers on loopback hold a few MiB; far less than 2 x 100 MB.
+        self.assertLess(stats["stream_bytes_sent"], 2 * 32 * 1024 * 1024)
+        self.assertLess(rss_kib(PROC.pid) - rss_before, 16 * 1024)
+        self.assertEqual(self.get_member().status, 200)
+
+    def test_100mb_read_to_the_end_quickly(self):
+        self.make_guild()
+        self.ctl("POST", "/_mock/faults", {"body_bytes": self.MB100})
+        rss_before = rss_kib(PROC.pid)
+        t0 = time.time()
+        with raw_socket(timeout=10.0) as sock:
+            sock.sendall(self.member_request())
+            status, headers, rest = self.read_head(sock)
+            got = len(rest)
+            buf = bytearray(1 << 20)
+            while got < self.MB100:
+                n = sock.recv_into(buf)
+                if not n:
+                    break
+                got += n
+            self.assertEqual((status, got), (200, self.MB100))
+            # The connection stays usable after the body.
+            sock.sendall(self.member_request())
+            self.assertEqual(read_response(sock)[0], 200)
+        self.assertLess(time.time() - t0, 20.0)
+        self.assertLess(rss_kib(PROC.pid) - rss_before, 16 * 1024)
+        stats = self.ctl("GET", "/_mock/stats")
+        self.assertEqual((stats["streams_completed"], stats["stream_bytes_sent"]),
+                         (1, self.MB100))
 
 
 # --------------------------------------------------------------------------
