@@ -11,6 +11,12 @@ SELECT pg_describe_object(d.classid, d.objid, 0) AS uncommented
    AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'lhdiscord')
    AND d.deptype = 'e'
    AND d.classid <> 'pg_class'::regclass  -- relations are checked below
+   -- from PostgreSQL 17 on, relations' row types and array types are members
+   -- too: implicit objects, commented through their relation or element type
+   AND NOT EXISTS (SELECT 1 FROM pg_type t
+                    WHERE d.classid = 'pg_type'::regclass AND t.oid = d.objid
+                      AND ((t.typrelid <> 0 AND (SELECT c.relkind FROM pg_class c WHERE c.oid = t.typrelid) <> 'c')
+                           OR EXISTS (SELECT 1 FROM pg_type e WHERE e.typarray = t.oid)))
    AND obj_description(d.objid, d.classid::regclass::text) IS NULL
  ORDER BY 1;
 SELECT c.oid::regclass AS uncommented_relation
@@ -80,8 +86,12 @@ RESET lhdiscord.api_base_url;
 SET lhdiscord.api_mode = 'sometimes';
 SET lhdiscord.governance_mode = 'anarchy';
 SET lhdiscord.max_discord_accounts = 0;
+-- Range errors of settings with units: only the SQLSTATE (from PostgreSQL 17
+-- on the message shows the unit).
+\set VERBOSITY sqlstate
 SET lhdiscord.snapshot_max_age = -1;
 SET lhdiscord.reconcile_interval = -5;
+\set VERBOSITY default
 SET lhdiscord.reconcile_max_suspend_percent = 101;
 SET lhdiscord.snapshot_max_shrink_percent = -1;
 SET lhdiscord.guild_id = '12345';
@@ -110,9 +120,12 @@ RESET lhdiscord.client_secret;
 SELECT count(*) AS secrets_in_show_all
   FROM pg_settings WHERE name IN ('lhdiscord.bot_token', 'lhdiscord.client_secret', 'lhdiscord.encryption_key');
 SET ROLE lhd_app;
+-- (only the SQLSTATE: PostgreSQL 17 rewrote this message)
+\set VERBOSITY sqlstate
 SHOW lhdiscord.bot_token;
 SHOW lhdiscord.encryption_key;
 SHOW lhdiscord.client_secret;
+\set VERBOSITY default
 SHOW lhdiscord.max_discord_accounts;
 SET lhdiscord.max_discord_accounts = 5;
 SET lhdiscord.governance_mode = 'portal_leading';

@@ -140,7 +140,9 @@ SELECT subject_user_id FROM lhdiscord.audit_log WHERE action = 'entitlement.exem
 
 -- Bad input.
 SET lhdiscord.governance_mode = 'anarchy';
+\set VERBOSITY sqlstate
 SET lhdiscord.snapshot_max_age = -5;
+\set VERBOSITY default
 SET lhdiscord.reconcile_max_suspend_percent = 150;
 SELECT expect_error('SELECT * FROM lhdiscord.reconcile_user(424242)');
 SELECT expect_error('SELECT * FROM lhdiscord.reconcile_user(NULL)');
