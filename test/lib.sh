@@ -6,9 +6,20 @@
 # directory or on 127.0.0.1 only.  Every wait is bounded and lhd_cleanup
 # stops whatever was started.
 
-LHD_PG_BIN=/usr/lib/postgresql/15/bin
-LHD_PGXS=/usr/lib/postgresql/15/lib/pgxs
-LHD_PACKAGES="postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev libjansson-dev libssl-dev libipc-run-perl python3 make gcc wrk"
+# The PostgreSQL major version to build and test against: LHD_PG_MAJOR, else
+# the newest one installed (/usr/lib/postgresql/N), else 15.
+if [ -z "${LHD_PG_MAJOR:-}" ]; then
+	LHD_PG_MAJOR=$(ls /usr/lib/postgresql 2>/dev/null | grep -E '^[0-9]+$' | sort -n |
+		while read -r v; do [ -x "/usr/lib/postgresql/$v/bin/postgres" ] && echo "$v"; done | tail -n 1)
+	LHD_PG_MAJOR=${LHD_PG_MAJOR:-15}
+fi
+case "$LHD_PG_MAJOR" in
+'' | *[!0-9]*) echo "LHD_PG_MAJOR must be a PostgreSQL major version such as 15, not '$LHD_PG_MAJOR'" >&2; return 2 ;;
+esac
+export LHD_PG_MAJOR
+LHD_PG_BIN=/usr/lib/postgresql/$LHD_PG_MAJOR/bin
+LHD_PGXS=/usr/lib/postgresql/$LHD_PG_MAJOR/lib/pgxs
+LHD_PACKAGES="postgresql-$LHD_PG_MAJOR postgresql-server-dev-$LHD_PG_MAJOR libcurl4-openssl-dev libjansson-dev libssl-dev libipc-run-perl python3 make gcc clang wrk"
 LHD_TEST_KEY=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
 
 lhd_log() { printf '==> %s\n' "$*" >&2; }
@@ -39,7 +50,7 @@ lhd_install_packages() {
 	fi
 }
 
-# Build and install the extension into the PostgreSQL 15 tree.
+# Build and install the extension into the tree of PostgreSQL $LHD_PG_MAJOR.
 lhd_build_install() {
 	local root=$1
 	lhd_log "building lhdiscord"

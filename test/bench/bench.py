@@ -37,7 +37,10 @@ import traceback
 import urllib.error
 import urllib.request
 
-PG_BIN = "/usr/lib/postgresql/15/bin"
+# The PostgreSQL binaries: test/bench/run passes LHD_PG_BIN (test/lib.sh's,
+# for LHD_PG_MAJOR); run by hand, LHD_PG_MAJOR or 15.
+PG_BIN = os.environ.get("LHD_PG_BIN") or \
+    "/usr/lib/postgresql/%s/bin" % os.environ.get("LHD_PG_MAJOR", "15")
 
 # Discord ids used throughout: user i's Discord account is USER_BASE + i;
 # role ids as in sql/include/roles_setup.sql.
