@@ -52,6 +52,16 @@ sub no_crash
 		"$what: no crash of the cluster");
 }
 
+# A worker wedged by a fault must not wedge the test: fast, else immediate.
+sub stop_node
+{
+	my ($node) = @_;
+	local $ENV{PGCTLTIMEOUT} = 20;
+	return if $node->stop('fast', fail_ok => 1);
+	diag('fast shutdown failed; immediate');
+	$node->stop('immediate');
+}
+
 sub worker_pid
 {
 	my ($node) = @_;
@@ -173,7 +183,7 @@ cmp_ok(mock_stats()->{max_per_second}, '<=', 50, 'the mock never saw more than 5
 ok(wait_for(sub { q_is($node, 'SELECT discord_failing_since IS NULL FROM lhdiscord.worker_status', 't') }, 5),
 	'discord_failing_since is cleared once Discord answers');
 no_crash($node, 'outage');
-$node->stop;
+stop_node($node);
 
 #
 # 2. A global 429 with retry_after 1e9.
@@ -239,8 +249,8 @@ ok(wait_for(sub { q_is($node, 'SELECT rate_limited_until IS NULL FROM lhdiscord.
 is(dm_count('capped'), 3, 'three DMs delivered');
 
 # Round two: the cap at an hour; a reload ends the wait.
-$node->safe_psql('postgres', 'ALTER SYSTEM SET lhdiscord.rate_limit_max_wait = 3600');
-$node->safe_psql('postgres', 'SELECT pg_reload_conf()');
+ok(defined(q_try($node, 'ALTER SYSTEM SET lhdiscord.rate_limit_max_wait = 3600')), 'the cap set to an hour');
+q_try($node, 'SELECT pg_reload_conf()');
 sleep 1;
 absurd_429();
 $seq0 = mock_seq();
@@ -256,7 +266,7 @@ sleep 2;
 ok($r429, 'the second 429 was served');
 is(scalar(grep { $r429 && $_->{t} > $r429->{t} + 0.3 } @reqs), 0,
 	'nothing is sent while the wait lasts (2 s)');
-$node->safe_psql('postgres', 'SELECT pg_reload_conf()');
+q_try($node, 'SELECT pg_reload_conf()');
 my $t_reload = time();
 ok(wait_for(sub { q_is($node, "SELECT count(*) FROM lhdiscord.outbox WHERE kind = 'dm' AND state <> 'done'", '0') }, 20),
 	'after the reload the DMs are delivered');
@@ -265,7 +275,7 @@ cmp_ok($took, '<=', 3.0, sprintf('within a few seconds of pg_reload_conf() (%.2f
 is(dm_count('reloaded'), 3, 'three DMs delivered');
 ok(q_is($node, 'SELECT rate_limited_until IS NULL FROM lhdiscord.worker_status', 't'), 'no wait pending any more');
 no_crash($node, '429');
-$node->stop;
+stop_node($node);
 
 #
 # 3. A role PUT answered 200 with an HTML body is not applied.
@@ -292,7 +302,7 @@ is(scalar(grep { ($_->{status} // 0) == 204 } @puts), 2, 'then each role was PUT
 my ($att, $lerr) = split /\|/, q_try($node, "SELECT attempts, coalesce(last_error, '') FROM lhdiscord.outbox WHERE kind = 'roles'") // '0|';
 ok($att > 1 || $lerr =~ /unexpected|html|200/i, "the job was retried (attempts $att, last_error '$lerr')");
 no_crash($node, 'html');
-$node->stop;
+stop_node($node);
 
 #
 # 4. A 100 MB response body on GET member.
@@ -363,6 +373,6 @@ ok(wait_for(sub { q_is($node, "SELECT state FROM lhdiscord.outbox WHERE kind = '
 	'the job completes once the fault is cleared');
 is_deeply(roles_of($B), [ $T, $V ], 'roles applied');
 no_crash($node, 'big body');
-$node->stop;
+stop_node($node);
 
 done_testing();
