@@ -11,6 +11,8 @@ SELECT lhdiscord.begin_oauth(1);
 SET lhdiscord.client_id = '123456789012345678';
 SET lhdiscord.redirect_uri = 'https://portal.example/auth/discord/callback';
 
+-- begin_oauth() sends nothing: show the URL for Discord's own host.
+SET lhdiscord.api_base_url = 'https://discord.com/api/v10';
 SET ROLE lhd_app;
 -- The URL: Discord's authorize page, code flow, client id, redirect URI,
 -- both scopes (URL-encoded) and a 256-bit random state.
@@ -28,10 +30,10 @@ RESET ROLE;
 SELECT user_id, length(state_hash), expires_at - created_at AS ttl, used_at FROM lhdiscord.oauth_states;
 SET lhdiscord.api_base_url = 'http://127.0.0.1:9/api/v10';
 SELECT regexp_replace(lhdiscord.begin_oauth(1), '\?.*', '') AS authorize_follows_api_host;
-RESET lhdiscord.api_base_url;
 
--- complete_oauth: a bad state fails before any request, writes nothing.
-SET lhdiscord.client_secret = 'not-used-here';
+-- complete_oauth: a bad state fails before any request, writes nothing
+-- (the state is checked before the client secret, which a session cannot
+-- set; the preamble cleared it).
 SET lhdiscord.api_mode = 'live';
 SELECT lhdiscord.begin_oauth(1) AS url \gset
 SELECT substring(:'url' from 'state=([0-9a-f]{64})') AS state \gset

@@ -99,8 +99,12 @@ SELECT action, after_json - 'snapshot_id' - 'previous_snapshot_id' AS after_json
 -- The held snapshot is not evidence: reconcile still uses the previous one.
 SELECT snapshot_id = :empty_snap AS uses_held FROM lhdiscord.access_context();
 SELECT count(*) AS changes FROM lhdiscord.reconcile();
--- Accepted by the calling role, not the functions' owner.
+-- Accepted by the calling role (a member of lhdiscord_governance), not the
+-- functions' owner; the application may not accept snapshots.
 SET ROLE lhd_app;
+SELECT expect_error(format('SELECT lhdiscord.accept_snapshot(%s)', :empty_snap));
+RESET ROLE;
+SET ROLE lhd_gov;
 SELECT lhdiscord.accept_snapshot(:empty_snap);
 RESET ROLE;
 SELECT lhdiscord.accept_snapshot(:empty_snap) AS again;

@@ -63,16 +63,19 @@ INSERT INTO lhdiscord.user_roles VALUES (1, 'hauling.member');
 SELECT user_id, entitled, effective_access FROM lhdiscord.status_map WHERE user_id IN (1, 2) ORDER BY 1;
 SELECT lhdiscord.has_access(1), lhdiscord.has_access(2);
 
--- The application role reads access through has_access only.
+-- The application role calls has_access and reads the admin views; a role
+-- granted nothing reads neither.
 SET ROLE lhd_app;
 SELECT lhdiscord.has_access(1);
 SELECT count(*) FROM lhdiscord.status_map;
 RESET ROLE;
+SET ROLE lhd_stranger;
+SELECT expect_error('SELECT lhdiscord.has_access(1)');
+SELECT expect_error('SELECT count(*) FROM lhdiscord.status_map');
+RESET ROLE;
 
--- A role granted the view reads it whole (the functions behind it run with
+-- The monitoring role reads the view whole (the functions behind it run with
 -- the extension's rights, like the view's own tables).
-GRANT SELECT ON lhdiscord.status_map TO lhd_app;
-SET ROLE lhd_app;
+SET ROLE lhd_watch;
 SELECT user_id, entitled, effective_access, drift FROM lhdiscord.status_map ORDER BY user_id;
 RESET ROLE;
-REVOKE SELECT ON lhdiscord.status_map FROM lhd_app;

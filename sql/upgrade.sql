@@ -2,6 +2,38 @@
 -- the data survives, the new objects work, and the result has exactly the
 -- objects of a fresh install.
 SET client_min_messages = warning;
+-- Self-contained: the fake Discord API, whatever the server's settings.
+SET lhdiscord.api_mode = 'fake';
+SET lhdiscord.api_base_url = 'http://127.0.0.1:9/api/v10';
+SET lhdiscord.guild_id = '100000000000000001';
+SET lhdiscord.bot_token = '';
+CREATE OR REPLACE FUNCTION public.expect_error(stmt text) RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+  EXECUTE stmt;
+  RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+  RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
+
+-- 0.6.0 enforces canonical snowflakes: an update over a non-canonical row
+-- stops with an error naming the column and the value, and changes nothing.
+DROP EXTENSION IF EXISTS lhdiscord CASCADE;
+CREATE EXTENSION lhdiscord VERSION '0.5.0';
+RESET client_min_messages;
+INSERT INTO lhdiscord.member_snapshots (complete) VALUES (true);
+INSERT INTO lhdiscord.snapshot_members (snapshot_id, discord_user_id)
+  SELECT id, '0200000000000000001' FROM lhdiscord.member_snapshots;
+INSERT INTO lhdiscord.fake_members VALUES ('200000000000000001', '{99999999999999999999}');
+SELECT expect_error('ALTER EXTENSION lhdiscord UPDATE');
+SELECT extversion FROM pg_extension WHERE extname = 'lhdiscord';
+DELETE FROM lhdiscord.snapshot_members;
+SELECT expect_error('ALTER EXTENSION lhdiscord UPDATE');
+DELETE FROM lhdiscord.fake_members;
+ALTER EXTENSION lhdiscord UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'lhdiscord';
+
+SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS lhdiscord CASCADE;
 CREATE EXTENSION lhdiscord VERSION '0.1.0';
 RESET client_min_messages;

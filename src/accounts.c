@@ -75,6 +75,19 @@ user_is_admin(int64 user_id)
 	return lhd_exec(&plan, values, NULL, true, 1) > 0;
 }
 
+/*
+ * Authorisation of the admin-only paths (revoke, restore, break-glass):
+ * 42501 "This action is unauthorized." unless the portal user holds portal
+ * role admin.  Checked before anything is read for the caller or written.
+ * Caller must be connected to SPI.
+ */
+void
+lhd_require_admin(int64 actor_id, const char *detail)
+{
+	if (!user_is_admin(actor_id))
+		raise_unauthorized(detail);
+}
+
 /* The portal username of a user, or a placeholder when unknown. */
 static char *
 portal_username(int64 user_id)
@@ -254,8 +267,17 @@ can_link(PG_FUNCTION_ARGS)
  *				access_token, refresh_token, token_expires_at)
  *	 -> discord_accounts
  */
+static Datum link_account_body(PG_FUNCTION_ARGS);
+
+/* The calling statement may hold OAuth tokens: errors never log it. */
 Datum
 link_account(PG_FUNCTION_ARGS)
+{
+	return lhd_call_hiding_statement(link_account_body, fcinfo);
+}
+
+static Datum
+link_account_body(PG_FUNCTION_ARGS)
 {
 	static LhdPlan insert_plan = {
 		.sql = "INSERT INTO lhdiscord.discord_accounts "

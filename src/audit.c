@@ -7,23 +7,27 @@
  * trigger that refuses UPDATE, DELETE and TRUNCATE on lhdiscord.audit_log
  * for every role including the owner and superusers, and the documented
  * retention function purge_audit_log(), which is the only path that may
- * remove rows.  The guard recognises the purge through a backend-local flag
+ * remove rows, and the stamp trigger that records the database roles
+ * (session_user and the caller's current_user) of every row.  The guard recognises the purge through a backend-local flag
  * that only C code can set, so no setting or role can switch it off.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/rel.h"
 #include "utils/timestamp.h"
 
 #include "lhdiscord.h"
 
 PG_FUNCTION_INFO_V1(audit_log_guard);
+PG_FUNCTION_INFO_V1(audit_log_stamp);
 PG_FUNCTION_INFO_V1(purge_audit_log);
 
 /* True only while purge_audit_log() runs its DELETE. */
@@ -86,8 +90,7 @@ audit_log_guard(PG_FUNCTION_ARGS)
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	const char *op;
 
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		elog(ERROR, "audit_log_guard: not called by trigger manager");
+	lhd_trigger_require_table(fcinfo, "audit_log_guard", "audit_log", NULL);
 
 	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event) && purge_in_progress)
 		return PointerGetDatum(trigdata->tg_trigtuple);
@@ -105,6 +108,41 @@ audit_log_guard(PG_FUNCTION_ARGS)
 			 errdetail("%s is not allowed on the audit log for any role.", op),
 			 errhint("Old rows can be removed only with lhdiscord.purge_audit_log().")));
 	PG_RETURN_NULL();
+}
+
+/*
+ * Trigger: BEFORE INSERT ON lhdiscord.audit_log FOR EACH ROW (enabled
+ * ALWAYS).  Records the database roles behind the row beside the portal
+ * actor: db_session_user (the login role, session_user) and db_current_user
+ * (the role in effect for the caller's statement: its SET ROLE, not the
+ * owner a SECURITY DEFINER function of the extension runs as).  Whatever an
+ * INSERT supplies for them is overwritten, so no writer can forge them.
+ */
+Datum
+audit_log_stamp(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	int			attnums[2];
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+	NameData	session_name;
+	NameData	current_name;
+
+	lhd_trigger_require_table(fcinfo, "audit_log_stamp", "audit_log", NULL);
+	if (!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) || !TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+		elog(ERROR, "audit_log_stamp: must fire BEFORE INSERT FOR EACH ROW");
+	rel = trigdata->tg_relation;
+	attnums[0] = SPI_fnumber(rel->rd_att, "db_session_user");
+	attnums[1] = SPI_fnumber(rel->rd_att, "db_current_user");
+	if (attnums[0] <= 0 || attnums[1] <= 0)
+		return PointerGetDatum(trigdata->tg_trigtuple);
+	namestrcpy(&session_name, GetUserNameFromId(GetSessionUserId(), false));
+	namestrcpy(&current_name, lhd_acting_role());
+	values[0] = NameGetDatum(&session_name);
+	values[1] = NameGetDatum(&current_name);
+	return PointerGetDatum(heap_modify_tuple_by_cols(trigdata->tg_trigtuple, rel->rd_att,
+													 2, attnums, values, nulls));
 }
 
 /*

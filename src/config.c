@@ -54,6 +54,7 @@ int			lhd_global_rate_limit = 50;
 int			lhd_invalid_request_budget = 2000;
 int			lhd_poll_interval = 60;
 int			lhd_outbox_retention = 7 * 24 * 3600;
+int			lhd_snapshot_retention = 7 * 24 * 3600;
 int			lhd_oauth_state_ttl = 600;
 int			lhd_token_refresh_margin = 86400;
 int			lhd_max_attempts = 10;
@@ -171,7 +172,7 @@ check_optional_snowflake(char **newval, void **extra, GucSource source)
 		return true;
 	if (!lhd_is_snowflake(*newval))
 	{
-		GUC_check_errdetail("A Discord id is 17 to 20 decimal digits.");
+		GUC_check_errdetail("%s", LHD_SNOWFLAKE_RULE);
 		return false;
 	}
 	return true;
@@ -243,6 +244,46 @@ SECRET_HOOKS(client_secret, lhd_client_secret)
 SECRET_HOOKS(encryption_key, lhd_encryption_key)
 
 /*
+ * Secrets are taken only from the server's configuration: postgresql.conf
+ * and ALTER SYSTEM (PGC_S_FILE), the command line (PGC_S_ARGV) and the
+ * defaults.  Everything else is refused, with an error naming the allowed
+ * ways: ALTER ROLE/DATABASE ... SET and CREATE FUNCTION ... SET are
+ * validated with PGC_S_TEST, so they fail at ALTER time and the value never
+ * reaches pg_db_role_setting (readable by every role); a value already
+ * stored there (put there while the library was not loaded) arrives as
+ * PGC_S_DATABASE/USER/DATABASE_USER and is refused again, so it never takes
+ * effect; connection options (PGC_S_CLIENT) and SET (PGC_S_SESSION) are
+ * refused too.  A session may only clear a secret (SET ... = ''), which
+ * reveals nothing and affects only itself.
+ */
+static bool
+secret_source_allowed(const char *v, GucSource source)
+{
+	switch (source)
+	{
+		case PGC_S_DEFAULT:
+		case PGC_S_DYNAMIC_DEFAULT:
+		case PGC_S_ENV_VAR:
+		case PGC_S_FILE:
+		case PGC_S_ARGV:
+		case PGC_S_GLOBAL:
+		case PGC_S_OVERRIDE:
+			return true;
+		case PGC_S_SESSION:
+			if (v == NULL || v[0] == '\0')
+				return true;
+			break;
+		default:
+			break;
+	}
+	GUC_check_errcode(ERRCODE_INSUFFICIENT_PRIVILEGE);
+	GUC_check_errmsg("secret lhdiscord parameters can only be set in the server configuration");
+	GUC_check_errdetail("Set it in postgresql.conf, with ALTER SYSTEM, or on the server command line; "
+						"it cannot be set per database, per role, per function, per connection or per session.");
+	return false;
+}
+
+/*
  * Secrets travel in HTTP headers and form bodies: refuse control characters
  * (header injection) without ever echoing the value.
  */
@@ -251,6 +292,8 @@ check_secret(char **newval, void **extra, GucSource source)
 {
 	const char *v = *newval;
 
+	if (!secret_source_allowed(v, source))
+		return false;
 	if (v == NULL)
 		return stash_secret(newval, extra);
 	if (lhd_has_control_chars(v, false))
@@ -274,6 +317,8 @@ check_encryption_key(char **newval, void **extra, GucSource source)
 	const char *v = *newval;
 	int			n = 0;
 
+	if (!secret_source_allowed(v, source))
+		return false;
 	if (v == NULL || v[0] == '\0')
 		return stash_secret(newval, extra);
 	for (const char *p = v; *p; p++, n++)
@@ -534,6 +579,15 @@ lhd_define_gucs(void)
 							"Finished (done, failed, dead) outbox jobs older than this are pruned (0 = keep).",
 							NULL,
 							&lhd_outbox_retention,
+							7 * 24 * 3600, 0, INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("lhdiscord.snapshot_retention",
+							"Member snapshots stored longer ago than this are pruned (0 = keep); the latest trusted, the latest complete and a scan's own snapshot are always kept.",
+							NULL,
+							&lhd_snapshot_retention,
 							7 * 24 * 3600, 0, INT_MAX,
 							PGC_SUSET,
 							GUC_UNIT_S,

@@ -23,10 +23,11 @@
 #include "access/htup.h"
 #include "access/tupdesc.h"
 #include "executor/spi.h"
+#include "fmgr.h"
 #include "nodes/parsenodes.h"
 #include "lib/stringinfo.h"
 
-#define LHD_VERSION		"0.5.0"
+#define LHD_VERSION		"0.6.0"
 #define LHD_PROJECT_URL	"https://github.com/lighthouse-portal/lhdiscord"
 
 /* Discord limits the extension enforces on input. */
@@ -77,10 +78,23 @@ extern int	lhd_token_refresh_margin;
 extern int	lhd_max_attempts;
 extern int	lhd_retry_base_ms;
 extern int	lhd_retry_max_delay;
+extern int	lhd_snapshot_retention;
 
 extern void lhd_define_gucs(void);
 
 /* ---------- validate.c ---------- */
+
+/* The rule every snowflake check states (validate.c, the domain's CHECK). */
+#define LHD_SNOWFLAKE_RULE \
+	"A Discord id (snowflake) is 17 to 20 decimal digits without a leading zero, at most 18446744073709551615."
+
+/*
+ * The same rule as a regular expression, for SQL text: the CHECK of domain
+ * lhdiscord.snowflake and the snowflake columns (sql/lhdiscord--0.5.0--0.6.0.sql)
+ * and the checks of JSON input.
+ */
+#define LHD_SNOWFLAKE_REGEX \
+	"^([1-9][0-9]{16,18}|1[0-7][0-9]{18}|18[0-3][0-9]{17}|184[0-3][0-9]{16}|1844[0-5][0-9]{15}|18446[0-6][0-9]{14}|184467[0-3][0-9]{13}|1844674[0-3][0-9]{12}|184467440[0-6][0-9]{10}|1844674407[0-2][0-9]{9}|18446744073[0-6][0-9]{8}|1844674407370[0-8][0-9]{6}|18446744073709[0-4][0-9]{5}|184467440737095[0-4][0-9]{4}|18446744073709550[0-9]{3}|18446744073709551[0-5][0-9]{2}|1844674407370955160[0-9]|1844674407370955161[0-4]|18446744073709551615)$"
 
 extern bool lhd_is_snowflake(const char *s);
 extern bool lhd_is_role_name(const char *s);
@@ -91,6 +105,7 @@ extern char *lhd_require_text(text *t, const char *what, int minlen, int maxlen)
 extern bool lhd_has_control_chars(const char *s, bool space_too);
 extern int	lhd_split_list(const char *list, char ***items);
 extern bool lhd_is_loopback_host(const char *host, size_t len);
+extern Datum lhd_call_hiding_statement(PGFunction fn, FunctionCallInfo fcinfo);
 
 /* ---------- spi_util.c ---------- */
 
@@ -169,6 +184,9 @@ extern void lhd_register_worker(void);
 
 /* ---------- triggers.c ---------- */
 
+extern void lhd_trigger_require_table(FunctionCallInfo fcinfo, const char *fname,
+									  const char *table, const char *table2);
+
 extern int	lhd_exec_account_dml(LhdPlan *plan, Datum *values, const char *nulls,
 								 long count, const char *reason, bool *queued);
 
@@ -192,9 +210,14 @@ extern void lhd_append_param(StringInfo buf, const char *name, const char *value
 extern bool lhd_oauth_client_configured(void);
 extern char *lhd_oauth_token_form(const char *grant_type, const char *name, const char *value);
 
+/* ---------- snapshot.c ---------- */
+
+extern int64 lhd_prune_snapshots(void);
+
 /* ---------- accounts.c ---------- */
 
 extern void lhd_require_can_link(int64 user_id, const char *discord_user_id);
+extern void lhd_require_admin(int64 actor_id, const char *detail);
 extern HeapTuple lhd_account_tuple(TupleDesc resultdesc, int row, MemoryContext cxt);
 
 #endif							/* LHDISCORD_H */

@@ -48,7 +48,8 @@ oauth_failed(const char *detail)
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
 			 errmsg(MSG_OAUTH_FAILED),
-			 errdetail("%s", detail)));
+			 errdetail("%s", detail),
+			 errhidestmt(true)));
 }
 
 /* Percent-encode everything but RFC 3986's unreserved characters. */
@@ -222,8 +223,20 @@ oauth_call(LhdOp op, LhdMethod method, const char *path, char *body, char *beare
 /*
  * complete_oauth(user_id bigint, code text, state text) -> discord_accounts
  */
+static Datum complete_oauth_body(PG_FUNCTION_ARGS);
+
+/*
+ * The statement that called complete_oauth() holds the code and the state:
+ * no error it raises may write that statement to the server log.
+ */
 Datum
 complete_oauth(PG_FUNCTION_ARGS)
+{
+	return lhd_call_hiding_statement(complete_oauth_body, fcinfo);
+}
+
+static Datum
+complete_oauth_body(PG_FUNCTION_ARGS)
 {
 	static LhdPlan check_plan = {
 		.sql = "SELECT user_id, used_at IS NOT NULL, expires_at <= now() "
@@ -279,7 +292,8 @@ complete_oauth(PG_FUNCTION_ARGS)
 		oauth_failed("The authorization code or state is missing or malformed.");
 	if (lhd_api_mode == LHD_API_FAKE)
 		oauth_failed("OAuth2 needs lhdiscord.api_mode = live.");
-	require_oauth_config(true);
+	/* The client secret is checked after the state: neither needs HTTP. */
+	require_oauth_config(false);
 
 	SPI_connect();
 
@@ -295,6 +309,8 @@ complete_oauth(PG_FUNCTION_ARGS)
 		oauth_failed("The state was already used.");
 	if (DatumGetBool(lhd_getattr(0, 3, &isnull)))
 		oauth_failed("The state expired.");
+
+	require_oauth_config(true);
 
 	/* 2. Exchange the code for tokens. */
 	form = lhd_oauth_token_form("authorization_code", "code", code);

@@ -937,6 +937,7 @@ lhd_reconcile_all_internal(void)
  * Sets a suspended user active again, gives back the portal roles removed
  * since the last suspension (as recorded in the audit log), audits the
  * restore.  Returns false (and writes nothing) for a user already active.
+ * The actor must hold portal role admin (42501 otherwise, nothing written).
  */
 Datum
 restore_user(PG_FUNCTION_ARGS)
@@ -988,7 +989,8 @@ restore_user(PG_FUNCTION_ARGS)
 	actor_id = PG_GETARG_INT64(1);
 
 	SPI_connect();
-	require_user(actor_id);
+	/* Authorise before revealing anything about the user. */
+	lhd_require_admin(actor_id, "Only an admin can restore a suspended user.");
 	values[0] = Int64GetDatum(user_id);
 	if (lhd_exec(&user_plan, values, NULL, false, 1) == 0)
 		lhd_raise_no_user(user_id);

@@ -81,7 +81,7 @@ check_key_and_id(const char *key, const char *role_id)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
 				 errmsg("invalid Discord role id: \"%s\"", role_id),
-				 errdetail("A Discord id (snowflake) is 17 to 20 decimal digits.")));
+				 errdetail("%s", LHD_SNOWFLAKE_RULE)));
 }
 
 /* Trigger: BEFORE INSERT OR UPDATE ON role_map FOR EACH ROW. */
@@ -94,8 +94,7 @@ role_map_validate(PG_FUNCTION_ARGS)
 	char	   *key;
 	char	   *role_id;
 
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		elog(ERROR, "role_map_validate: not called by trigger manager");
+	lhd_trigger_require_table(fcinfo, "role_map_validate", "role_map", NULL);
 	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ? trigdata->tg_newtuple : trigdata->tg_trigtuple;
 	desc = trigdata->tg_relation->rd_att;
 	key = SPI_getvalue(tuple, desc, SPI_fnumber(desc, "key"));
@@ -534,6 +533,13 @@ role_drift(PG_FUNCTION_ARGS)
 	lhd_roleset_from_array(&in.portal_roles, PG_ARGISNULL(5) ? (Datum) 0 : PG_GETARG_DATUM(5),
 						   PG_ARGISNULL(5));
 	lhd_roleset_from_array(&held, PG_ARGISNULL(6) ? (Datum) 0 : PG_GETARG_DATUM(6), PG_ARGISNULL(6));
+	/* The held roles are Discord role ids: canonical snowflakes only. */
+	for (int i = 0; i < held.n; i++)
+		if (!lhd_is_snowflake(held.ids[i]))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+					 errmsg("invalid Discord role id: \"%s\"", held.ids[i]),
+					 errdetail("%s", LHD_SNOWFLAKE_RULE)));
 	lhd_desired_roles(map, &in, &desired, &managed);
 
 	for (int i = 0; i < desired.n; i++)

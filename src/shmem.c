@@ -163,6 +163,7 @@ Datum
 outbox_wake(PG_FUNCTION_ARGS)
 {
 	/* The worker's own bookkeeping needs no wake-up. */
+	lhd_trigger_require_table(fcinfo, "outbox_wake", "outbox", NULL);
 	if (!lhd_am_worker)
 		lhd_request_worker_wake();
 	return PointerGetDatum(NULL);

@@ -5,7 +5,8 @@
  *
  * Owns load_snapshot() (for applications that scan elsewhere, and tests),
  * request_member_scan() (queues the worker's paginated scan, jobs_scan.c),
- * accept_snapshot(), and what both paths share: storing a page of List
+ * accept_snapshot(), prune_snapshots() (retention: lhdiscord.snapshot_retention),
+ * and what both paths share: storing a page of List
  * Guild Members objects and completing a snapshot.  A snapshot is complete
  * only when every page arrived; a complete snapshot whose member count fell
  * more than lhdiscord.snapshot_max_shrink_percent below the previous trusted
@@ -19,6 +20,8 @@
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include <limits.h>
+
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
@@ -29,6 +32,9 @@
 PG_FUNCTION_INFO_V1(load_snapshot);
 PG_FUNCTION_INFO_V1(accept_snapshot);
 PG_FUNCTION_INFO_V1(request_member_scan);
+PG_FUNCTION_INFO_V1(prune_snapshots);
+
+static int64 lhd_prune_snapshots_spi(int retention_seconds);
 
 /*
  * Store guild members (a jsonb array, as List Guild Members returns them);
@@ -155,14 +161,25 @@ Datum
 load_snapshot(PG_FUNCTION_ARGS)
 {
 	static LhdPlan check_plan = {
-		/* The first element that is not a valid guild member object. */
-		.sql = "SELECT i FROM jsonb_array_elements($1) WITH ORDINALITY AS e(m, i) "
-		"WHERE jsonb_typeof(m) <> 'object' "
-		"   OR coalesce(m->'user'->>'id', '') !~ '^[0-9]{17,20}$' "
-		"   OR (m ? 'roles' AND jsonb_typeof(m->'roles') <> 'array') "
-		"   OR EXISTS (SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof(m->'roles') = 'array' "
-		"                                                      THEN m->'roles' ELSE '[]' END) r "
-		"              WHERE jsonb_typeof(r) <> 'string' OR (r #>> '{}') !~ '^[0-9]{17,20}$') "
+		/*
+		 * The first element that is not a valid guild member object (kind
+		 * "shape"), or whose user id or a role id is not a canonical
+		 * snowflake (kind "user" or "role", with the value).
+		 */
+		.sql = "SELECT i, CASE WHEN shape THEN 'shape' WHEN uid !~ '" LHD_SNOWFLAKE_REGEX "' THEN 'user' ELSE 'role' END, "
+		"       CASE WHEN shape THEN NULL WHEN uid !~ '" LHD_SNOWFLAKE_REGEX "' THEN uid ELSE bad_role END "
+		"FROM (SELECT i, m->'user'->>'id' AS uid, "
+		"             (jsonb_typeof(m) <> 'object' "
+		"              OR coalesce(jsonb_typeof(m->'user'->'id'), '') NOT IN ('string', 'number') "
+		"              OR (m ? 'roles' AND jsonb_typeof(m->'roles') <> 'array') "
+		"              OR EXISTS (SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof(m->'roles') = 'array' "
+		"                                                                 THEN m->'roles' ELSE '[]' END) r "
+		"                         WHERE jsonb_typeof(r) <> 'string')) AS shape, "
+		"             (SELECT r #>> '{}' FROM jsonb_array_elements(CASE WHEN jsonb_typeof(m->'roles') = 'array' "
+		"                                                               THEN m->'roles' ELSE '[]' END) r "
+		"               WHERE jsonb_typeof(r) = 'string' AND (r #>> '{}') !~ '" LHD_SNOWFLAKE_REGEX "' LIMIT 1) AS bad_role "
+		"        FROM jsonb_array_elements($1) WITH ORDINALITY AS e(m, i)) x "
+		"WHERE shape OR uid !~ '" LHD_SNOWFLAKE_REGEX "' OR bad_role IS NOT NULL "
 		"ORDER BY i LIMIT 1",
 		.nargs = 1,
 		.argtypes = {JSONBOID}
@@ -196,10 +213,21 @@ load_snapshot(PG_FUNCTION_ARGS)
 	SPI_connect();
 	values[0] = PointerGetDatum(members);
 	if (lhd_exec(&check_plan, values, NULL, true, 1) > 0)
+	{
+		char	   *index = lhd_getattr_text(0, 1);
+		char	   *kind = lhd_getattr_text(0, 2);
+
+		if (strcmp(kind, "shape") == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("members[%s] is not a guild member object", index),
+					 errdetail("Each element needs user.id and an optional roles array of Discord id strings.")));
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("members[%s] is not a guild member object", lhd_getattr_text(0, 1)),
-				 errdetail("Each element needs user.id and an optional roles array, all Discord ids (17 to 20 digits).")));
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("invalid Discord %s id in members[%s]: \"%s\"",
+						strcmp(kind, "user") == 0 ? "user" : "role", index, lhd_getattr_text(0, 3)),
+				 errdetail("%s", LHD_SNOWFLAKE_RULE)));
+	}
 
 	id = new_snapshot(taken_at, "load");
 	/* Fewer stored than given: a duplicate, named by the error (it undoes all). */
@@ -209,6 +237,7 @@ load_snapshot(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_UNIQUE_VIOLATION),
 				 errmsg("member %s appears more than once", lhd_getattr_text(0, 1))));
 	lhd_snapshot_complete(id, false);
+	lhd_prune_snapshots_spi(lhd_snapshot_retention);
 	SPI_finish();
 	PG_RETURN_INT64(id);
 }
@@ -272,10 +301,24 @@ accept_snapshot(PG_FUNCTION_ARGS)
 /*
  * request_member_scan() -> bigint
  * Queue a paginated guild member scan; returns the snapshot it will fill.
+ * While a scan is pending or running, returns that scan's snapshot instead
+ * of queueing another: any number of requests cost one scan.  Concurrent
+ * requests serialise on a transaction-scoped advisory lock.
  */
 Datum
 request_member_scan(PG_FUNCTION_ARGS)
 {
+	static LhdPlan lock_plan = {
+		.sql = "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('lhdiscord.request_member_scan'))",
+		.nargs = 0
+	};
+	static LhdPlan live_plan = {
+		.sql = "SELECT (payload->>'snapshot_id')::bigint FROM lhdiscord.outbox "
+		"WHERE kind = 'member_scan' AND state IN ('pending', 'in_flight') "
+		"  AND payload ? 'snapshot_id' "
+		"ORDER BY id LIMIT 1",
+		.nargs = 0
+	};
 	static LhdPlan job_plan = {
 		.sql = "INSERT INTO lhdiscord.outbox (kind, payload, reason) "
 		"VALUES ('member_scan', jsonb_build_object('snapshot_id', $1), 'Guild member scan')",
@@ -284,6 +327,7 @@ request_member_scan(PG_FUNCTION_ARGS)
 	};
 	int64		id;
 	Datum		values[1];
+	bool		isnull;
 
 	if (lhd_guild_id == NULL || lhd_guild_id[0] == '\0')
 		ereport(ERROR,
@@ -291,9 +335,124 @@ request_member_scan(PG_FUNCTION_ARGS)
 				 errmsg("lhdiscord.guild_id is not set"),
 				 errhint("Set lhdiscord.guild_id to the guild whose members are scanned.")));
 	SPI_connect();
+	lhd_exec(&lock_plan, NULL, NULL, false, 0);
+	if (lhd_exec(&live_plan, NULL, NULL, false, 1) > 0)
+	{
+		Datum		d = lhd_getattr(0, 1, &isnull);
+
+		if (!isnull)
+		{
+			id = DatumGetInt64(d);
+			SPI_finish();
+			PG_RETURN_INT64(id);
+		}
+	}
 	id = new_snapshot(GetCurrentTransactionStartTimestamp(), "scan");
 	values[0] = Int64GetDatum(id);
 	lhd_exec(&job_plan, values, NULL, false, 0);
+	lhd_prune_snapshots_spi(lhd_snapshot_retention);
 	SPI_finish();
 	PG_RETURN_INT64(id);
+}
+
+/*
+ * Delete snapshots stored more than retention_seconds ago (0 = keep all),
+ * but never the latest trusted one (the evidence reconcile uses), the
+ * latest complete one (it may be waiting for accept_snapshot()), or one a
+ * live member_scan job is filling.  Audits entitlement.snapshots_pruned
+ * when it removed any.  Caller must be connected to SPI.
+ */
+static int64
+lhd_prune_snapshots_spi(int retention_seconds)
+{
+	static LhdPlan prune_plan = {
+		.sql = "WITH keep AS ("
+		"  (SELECT id FROM lhdiscord.member_snapshots WHERE complete AND trusted "
+		"    ORDER BY taken_at DESC, id DESC LIMIT 1) "
+		"  UNION ALL "
+		"  (SELECT id FROM lhdiscord.member_snapshots WHERE complete "
+		"    ORDER BY taken_at DESC, id DESC LIMIT 1) "
+		"  UNION ALL "
+		"  SELECT (payload->>'snapshot_id')::bigint FROM lhdiscord.outbox "
+		"   WHERE kind = 'member_scan' AND state IN ('pending', 'in_flight') AND payload ? 'snapshot_id'), "
+		"gone AS ("
+		"  DELETE FROM lhdiscord.member_snapshots s "
+		"   WHERE coalesce(s.finished_at, s.taken_at) < now() - make_interval(secs => $1) "
+		"     AND s.id NOT IN (SELECT id FROM keep WHERE id IS NOT NULL) "
+		"  RETURNING s.id) "
+		"SELECT count(*), min(id), max(id) FROM gone",
+		.nargs = 1,
+		.argtypes = {INT4OID}
+	};
+	Datum		values[1];
+	bool		isnull;
+	int64		removed;
+
+	if (retention_seconds <= 0)
+		return 0;
+	values[0] = Int32GetDatum(retention_seconds);
+	lhd_exec(&prune_plan, values, NULL, false, 1);
+	removed = DatumGetInt64(lhd_getattr(0, 1, &isnull));
+	if (removed > 0)
+	{
+		LhdAudit	a = {0};
+
+		a.action = "entitlement.snapshots_pruned";
+		a.entity = "member_snapshots";
+		a.after_json = psprintf("{\"snapshots_removed\": " INT64_FORMAT ", \"oldest_id\": %s, "
+								"\"newest_id\": %s, \"retention_seconds\": %d}",
+								removed, lhd_getattr_text(0, 2), lhd_getattr_text(0, 3),
+								retention_seconds);
+		a.description = psprintf(INT64_FORMAT " member snapshot(s) older than lhdiscord.snapshot_retention removed",
+								 removed);
+		lhd_audit(&a);
+	}
+	return removed;
+}
+
+/*
+ * For the worker's housekeeping: prune with lhdiscord.snapshot_retention in
+ * its own SPI connection; returns the snapshots removed.  Runs inside the
+ * caller's transaction.
+ */
+int64
+lhd_prune_snapshots(void)
+{
+	int64		removed;
+
+	SPI_connect();
+	removed = lhd_prune_snapshots_spi(lhd_snapshot_retention);
+	SPI_finish();
+	return removed;
+}
+
+/*
+ * prune_snapshots(older_than interval DEFAULT NULL) -> bigint
+ * Prunes on demand (default lhdiscord.snapshot_retention); the same
+ * snapshots are always kept.  Superuser only unless granted.
+ */
+Datum
+prune_snapshots(PG_FUNCTION_ARGS)
+{
+	int			seconds = lhd_snapshot_retention;
+	int64		removed;
+
+	if (!PG_ARGISNULL(0))
+	{
+		Interval   *iv = PG_GETARG_INTERVAL_P(0);
+		float8		secs;
+
+		secs = DatumGetFloat8(DirectFunctionCall2(interval_part,
+												  CStringGetTextDatum("epoch"),
+												  IntervalPGetDatum(iv)));
+		if (secs < 1 || secs > INT_MAX)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("older_than must be between 1 second and %d seconds", INT_MAX)));
+		seconds = (int) secs;
+	}
+	SPI_connect();
+	removed = lhd_prune_snapshots_spi(seconds);
+	SPI_finish();
+	PG_RETURN_INT64(removed);
 }

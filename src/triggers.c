@@ -19,6 +19,13 @@
  * SQL runs through kept plans (spi_util.c), and all are SECURITY DEFINER so
  * the application needs privileges only on users and user_roles.
  *
+ * A SECURITY DEFINER trigger function attached to some other table would
+ * act with the extension's rights on rows its caller made up (a temp table
+ * "updating" user 1 into the brig).  So no role but the owner may EXECUTE
+ * them (nobody else can CREATE TRIGGER with them), and every trigger
+ * function of the extension first checks, with lhd_trigger_require_table(),
+ * that it fires for its own table in schema lhdiscord (42501 otherwise).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -27,7 +34,9 @@
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
+#include "catalog/namespace.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 
@@ -76,6 +85,41 @@ lhd_exec_account_dml(LhdPlan *plan, Datum *values, const char *nulls, long count
 	if (queued)
 		*queued = trigger_enqueues > 0;
 	return n;
+}
+
+/*
+ * Refuse (42501) to run a trigger function of the extension for any table
+ * but its own: lhdiscord.<table>, or lhdiscord.<table2> when that is not
+ * NULL.  Called first, before anything is read or written.
+ */
+void
+lhd_trigger_require_table(FunctionCallInfo fcinfo, const char *fname,
+						  const char *table, const char *table2)
+{
+	TriggerData *td;
+	Relation	rel;
+	Oid			ns;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function lhdiscord.%s() was not called by the trigger manager", fname)));
+	td = (TriggerData *) fcinfo->context;
+	rel = td->tg_relation;
+	ns = get_namespace_oid("lhdiscord", true);
+	if (OidIsValid(ns) && RelationGetNamespace(rel) == ns &&
+		(strcmp(RelationGetRelationName(rel), table) == 0 ||
+		 (table2 != NULL && strcmp(RelationGetRelationName(rel), table2) == 0)))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("trigger function lhdiscord.%s() may only run for %s",
+					fname,
+					table2 ? psprintf("tables lhdiscord.%s and lhdiscord.%s", table, table2)
+					: psprintf("table lhdiscord.%s", table)),
+			 errdetail("It was fired by table %s.",
+					   quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+												  RelationGetRelationName(rel)))));
 }
 
 static char *
@@ -167,7 +211,8 @@ users_after_update(PG_FUNCTION_ARGS)
 	bool		level_changed,
 				staff_changed;
 
-	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+	lhd_trigger_require_table(fcinfo, "users_after_update", "users", NULL);
+	if (!TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 		elog(ERROR, "users_after_update: must fire AFTER UPDATE");
 	desc = td->tg_relation->rd_att;
 	oldt = td->tg_trigtuple;
@@ -291,8 +336,7 @@ accounts_after_change(PG_FUNCTION_ARGS)
 	HeapTuple	tuple;
 	const char *reason = pending_reason;
 
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		elog(ERROR, "accounts_after_change: not called by trigger manager");
+	lhd_trigger_require_table(fcinfo, "accounts_after_change", "discord_accounts", NULL);
 	desc = td->tg_relation->rd_att;
 	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 	{
@@ -333,8 +377,7 @@ user_roles_after_change(PG_FUNCTION_ARGS)
 	const char *changes[2];
 	int			ntuples = 0;
 
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		elog(ERROR, "user_roles_after_change: not called by trigger manager");
+	lhd_trigger_require_table(fcinfo, "user_roles_after_change", "user_roles", NULL);
 	if (lhd_governance_mode != LHD_GOV_PORTAL_LEADING)
 		return PointerGetDatum(NULL);
 
@@ -398,8 +441,7 @@ user_roles_after_change(PG_FUNCTION_ARGS)
 Datum
 role_map_after_change(PG_FUNCTION_ARGS)
 {
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		elog(ERROR, "role_map_after_change: not called by trigger manager");
+	lhd_trigger_require_table(fcinfo, "role_map_after_change", "role_map", NULL);
 	SPI_connect();
 	lhd_enqueue_all_convergences("Role mapping changed");
 	SPI_finish();
@@ -415,7 +457,8 @@ users_in_scope_changed(PG_FUNCTION_ARGS)
 {
 	TriggerData *td = (TriggerData *) fcinfo->context;
 
-	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+	lhd_trigger_require_table(fcinfo, "users_in_scope_changed", "users", NULL);
+	if (!TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 		elog(ERROR, "users_in_scope_changed: must fire AFTER UPDATE");
 	lhd_reconcile_user_internal(field_int64(td->tg_newtuple, td->tg_relation->rd_att, "user_id"));
 	return PointerGetDatum(NULL);
@@ -431,7 +474,8 @@ touch_updated_at(PG_FUNCTION_ARGS)
 	Datum		value;
 	bool		isnull = false;
 
-	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+	lhd_trigger_require_table(fcinfo, "touch_updated_at", "users", "discord_accounts");
+	if (!TRIGGER_FIRED_BY_UPDATE(td->tg_event))
 		elog(ERROR, "touch_updated_at: must fire BEFORE UPDATE");
 	rel = td->tg_relation;
 	attnum = SPI_fnumber(rel->rd_att, "updated_at");

@@ -18,20 +18,31 @@
 
 #include "lhdiscord.h"
 
-/* A Discord snowflake as text: 17 to 20 decimal digits. */
+/*
+ * A Discord snowflake as text, in canonical form: 17 to 20 decimal digits,
+ * no leading zero, at most 2^64 - 1 (18446744073709551615).  Canonical form
+ * makes text equality the same as numeric equality, so "0200..." can never
+ * pass for "200..." (duplicate checks, role lookups, Discord routes).  The
+ * same rule is the CHECK of domain lhdiscord.snowflake.
+ */
+#define LHD_SNOWFLAKE_MAX "18446744073709551615"
+
 bool
 lhd_is_snowflake(const char *s)
 {
 	int			n = 0;
 
-	if (s == NULL)
+	if (s == NULL || s[0] == '0')
 		return false;
 	for (; s[n]; n++)
 	{
 		if (s[n] < '0' || s[n] > '9')
 			return false;
 	}
-	return n >= 17 && n <= 20;
+	if (n < 17 || n > 20)
+		return false;
+	/* Same length: digit strings compare like the numbers they spell. */
+	return n < 20 || strcmp(s, LHD_SNOWFLAKE_MAX) <= 0;
 }
 
 /*
@@ -83,7 +94,7 @@ lhd_require_snowflake(text *t, const char *what)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
 				 errmsg("invalid %s: \"%s\"", what, s),
-				 errdetail("A Discord id (snowflake) is 17 to 20 decimal digits.")));
+				 errdetail("%s", LHD_SNOWFLAKE_RULE)));
 	return s;
 }
 
@@ -184,4 +195,35 @@ lhd_is_loopback_host(const char *host, size_t len)
 		return octets == 3 && digits > 0;
 	}
 	return false;
+}
+
+/*
+ * Call fn(fcinfo); any error it raises is re-thrown with errhidestmt(true),
+ * so the calling statement (which may carry a token, an OAuth code or a
+ * state as a literal) is not written to the server log by
+ * log_min_error_statement.  Bind parameters keep them out of the logged
+ * text in the first place; this covers callers that do not use them.
+ */
+Datum
+lhd_call_hiding_statement(PGFunction fn, FunctionCallInfo fcinfo)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	Datum		result = (Datum) 0;
+
+	PG_TRY();
+	{
+		result = fn(fcinfo);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		edata->hide_stmt = true;
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+	return result;
 }
