@@ -141,7 +141,10 @@ COMMENT ON TRIGGER audit_log_stamp_roles ON lhdiscord.audit_log IS
 CREATE FUNCTION lhdiscord.audit_log_ddl_guard() RETURNS event_trigger
   LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-  audit regclass := to_regclass('lhdiscord.audit_log');
+  -- Found in the catalog, not by name: a name lookup would need USAGE on
+  -- schema lhdiscord, and this runs for every role's DDL.
+  audit oid := (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = 'lhdiscord' AND c.relname = 'audit_log');
   cmd record;
 BEGIN
   IF audit IS NULL THEN

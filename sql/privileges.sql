@@ -438,6 +438,13 @@ DROP TRIGGER noop ON mine;
 DROP RULE nothing ON mine;
 DROP TABLE mine;
 RESET ROLE;
+SET ROLE lhd_stranger;   -- not even USAGE on schema lhdiscord
+CREATE TEMP TABLE theirs (x int);
+ALTER TABLE theirs ADD COLUMN y int;
+CREATE RULE nothing AS ON DELETE TO theirs DO INSTEAD NOTHING;
+DROP RULE nothing ON theirs;
+DROP TABLE theirs;
+RESET ROLE;
 SELECT evtname, evtevent, evtenabled FROM pg_event_trigger WHERE evtname LIKE 'lhdiscord%' ORDER BY 1;
 
 -- DROP EXTENSION leaves the cluster-wide roles in place.
