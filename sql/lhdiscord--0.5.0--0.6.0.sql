@@ -110,23 +110,29 @@ COMMENT ON CONSTRAINT fake_members_role_ids_canonical ON lhdiscord.fake_members 
 -- The database roles behind every audit row.
 -------------------------------------------------------------------------------
 
+-- Rows written before 0.6.0 get '' (unknown) without being rewritten or
+-- updated (a column default fills them); new rows are stamped by the
+-- trigger below, and NOT NULL makes sure no row goes without.
 ALTER TABLE lhdiscord.audit_log
-  ADD COLUMN db_session_user name,
-  ADD COLUMN db_current_user name;
+  ADD COLUMN db_session_user name NOT NULL DEFAULT '',
+  ADD COLUMN db_current_user name NOT NULL DEFAULT '';
+ALTER TABLE lhdiscord.audit_log
+  ALTER COLUMN db_session_user DROP DEFAULT,
+  ALTER COLUMN db_current_user DROP DEFAULT;
 COMMENT ON COLUMN lhdiscord.audit_log.db_session_user IS
-  'Database login role of the session that wrote the row (session_user); NULL for rows written before 0.6.0.';
+  'Database login role of the session that wrote the row (session_user); empty for rows written before 0.6.0.';
 COMMENT ON COLUMN lhdiscord.audit_log.db_current_user IS
-  'Database role in effect for the caller''s statement (current_user outside the extension''s SECURITY DEFINER functions, e.g. after SET ROLE); NULL for rows written before 0.6.0.';
+  'Database role in effect for the caller''s statement (current_user outside the extension''s SECURITY DEFINER functions, e.g. after SET ROLE); empty for rows written before 0.6.0.';
 
 CREATE FUNCTION lhdiscord.audit_log_stamp() RETURNS trigger
   LANGUAGE c AS 'MODULE_PATHNAME', 'audit_log_stamp';
 COMMENT ON FUNCTION lhdiscord.audit_log_stamp() IS
-  'Trigger: records db_session_user and db_current_user on every audit row, overwriting whatever the INSERT supplied.';
+  'Trigger: records db_session_user and db_current_user on every audit row that does not bring its own (a restore does).';
 CREATE TRIGGER audit_log_stamp_roles BEFORE INSERT ON lhdiscord.audit_log
   FOR EACH ROW EXECUTE FUNCTION lhdiscord.audit_log_stamp();
 ALTER TABLE lhdiscord.audit_log ENABLE ALWAYS TRIGGER audit_log_stamp_roles;
 COMMENT ON TRIGGER audit_log_stamp_roles ON lhdiscord.audit_log IS
-  'Records the database roles of every audit row; they cannot be forged.';
+  'Records the database roles of every audit row.';
 
 -------------------------------------------------------------------------------
 -- The audit log's guard against its owner: no DDL may switch it off.

@@ -304,17 +304,25 @@ SELECT expect_error('SELECT lhdiscord.revoke_break_glass(424242, 1)');
 RESET ROLE;
 SELECT user_id, granted_by, revoked_by, expires_at <= now() AS ended FROM lhdiscord.break_glass;
 
--- Every audit row records the database roles beside the portal actor; an
--- INSERT cannot forge them.
+-- Every audit row records the database roles beside the portal actor.
 SELECT action, actor_user_id, subject_user_id, db_session_user = session_user AS session_user_recorded,
        db_current_user
   FROM lhdiscord.audit_log
  WHERE action IN ('entitlement.restore', 'entitlement.break_glass_granted', 'entitlement.break_glass_revoked')
  ORDER BY id;
-INSERT INTO lhdiscord.audit_log (action, db_session_user, db_current_user) VALUES ('forged', 'someone', 'else');
-SELECT db_session_user = session_user AS stamped, db_current_user = current_user AS stamped_current
-  FROM lhdiscord.audit_log WHERE action = 'forged';
-SELECT count(*) AS rows_without_roles FROM lhdiscord.audit_log WHERE db_session_user IS NULL OR db_current_user IS NULL;
+-- A direct INSERT is stamped too; values that a writer brings are kept (a
+-- restore's COPY brings the recorded ones back); only a role with INSERT on
+-- the audit log, a superuser, can bring any.
+INSERT INTO lhdiscord.audit_log (action) VALUES ('by_hand');
+COPY lhdiscord.audit_log (action, db_session_user, db_current_user) FROM stdin;
+restored	portal_login	portal_role
+\.
+SELECT action, db_session_user = session_user AS session_user_recorded, db_current_user = current_user AS current_user_recorded
+  FROM lhdiscord.audit_log WHERE action = 'by_hand';
+SELECT action, db_session_user, db_current_user FROM lhdiscord.audit_log WHERE action = 'restored';
+SELECT count(*) AS rows_without_roles FROM lhdiscord.audit_log WHERE db_session_user = '' OR db_current_user = '';
+SELECT has_table_privilege(r.role, 'lhdiscord.audit_log', 'INSERT') AS may_insert, count(*)
+  FROM probe_roles r GROUP BY 1;
 
 -- Canonical snowflakes: refused by every function taking one, and by a
 -- direct INSERT; 2^64 - 1 is accepted.

@@ -52,7 +52,7 @@ SELECT user_id, discord_user_id, status FROM lhdiscord.discord_accounts;
 SELECT lhdiscord.map_role('resident', '900000000000000102');
 SELECT lhdiscord.drain_outbox();
 SELECT method, role_id FROM lhdiscord.fake_calls ORDER BY id;
-SELECT action FROM lhdiscord.audit_log ORDER BY id;
+SELECT action, db_session_user, db_current_user FROM lhdiscord.audit_log ORDER BY id;
 
 -- Same objects as a fresh install.
 CREATE TEMP TABLE upgraded AS

@@ -115,34 +115,47 @@ audit_log_guard(PG_FUNCTION_ARGS)
  * ALWAYS).  Records the database roles behind the row beside the portal
  * actor: db_session_user (the login role, session_user) and db_current_user
  * (the role in effect for the caller's statement: its SET ROLE, not the
- * owner a SECURITY DEFINER function of the extension runs as).  Whatever an
- * INSERT supplies for them is overwritten, so no writer can forge them.
+ * owner a SECURITY DEFINER function of the extension runs as).  No writer
+ * of the extension supplies them, so they are always stamped here.  Values
+ * an INSERT or COPY does supply are kept: that is how a restore brings back
+ * the recorded roles, and only a role with INSERT on the audit log (its
+ * owner, a superuser) can supply any.
  */
 Datum
 audit_log_stamp(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	HeapTuple	tuple;
 	Relation	rel;
 	int			attnums[2];
 	Datum		values[2];
 	bool		nulls[2] = {false, false};
+	int			n = 0;
 	NameData	session_name;
 	NameData	current_name;
+	bool		isnull;
 
 	lhd_trigger_require_table(fcinfo, "audit_log_stamp", "audit_log", NULL);
 	if (!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) || !TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
 		elog(ERROR, "audit_log_stamp: must fire BEFORE INSERT FOR EACH ROW");
 	rel = trigdata->tg_relation;
-	attnums[0] = SPI_fnumber(rel->rd_att, "db_session_user");
-	attnums[1] = SPI_fnumber(rel->rd_att, "db_current_user");
-	if (attnums[0] <= 0 || attnums[1] <= 0)
-		return PointerGetDatum(trigdata->tg_trigtuple);
-	namestrcpy(&session_name, GetUserNameFromId(GetSessionUserId(), false));
-	namestrcpy(&current_name, lhd_acting_role());
-	values[0] = NameGetDatum(&session_name);
-	values[1] = NameGetDatum(&current_name);
-	return PointerGetDatum(heap_modify_tuple_by_cols(trigdata->tg_trigtuple, rel->rd_att,
-													 2, attnums, values, nulls));
+	tuple = trigdata->tg_trigtuple;
+
+	attnums[n] = SPI_fnumber(rel->rd_att, "db_session_user");
+	if (attnums[n] > 0 && (heap_getattr(tuple, attnums[n], rel->rd_att, &isnull), isnull))
+	{
+		namestrcpy(&session_name, GetUserNameFromId(GetSessionUserId(), false));
+		values[n++] = NameGetDatum(&session_name);
+	}
+	attnums[n] = SPI_fnumber(rel->rd_att, "db_current_user");
+	if (attnums[n] > 0 && (heap_getattr(tuple, attnums[n], rel->rd_att, &isnull), isnull))
+	{
+		namestrcpy(&current_name, lhd_acting_role());
+		values[n++] = NameGetDatum(&current_name);
+	}
+	if (n == 0)
+		return PointerGetDatum(tuple);
+	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, rel->rd_att, n, attnums, values, nulls));
 }
 
 /*
