@@ -17,6 +17,9 @@ Figures (BENCHMARKS.md has the definitions and the measured values):
   4  rate-limit utilisation  achieved calls/s / the allowed 50/s, 429 share
   5  reconcile at scale      per-user PL/pgSQL loop time / reconcile() time
   6  member scan             plain HTTP client time / lhdiscord scan time
+  7  brig under a backlog    brig-strip latency p99 under a 100,000-job bulk
+                             backlog at 50/s / the same brig, queue empty;
+                             utilisation of the limit, max per 1 s window
 """
 
 import argparse
@@ -1201,11 +1204,142 @@ print(json.dumps({"seconds": time.monotonic() - t, "pages": pages, "members": me
                                    elapsed, base["seconds"], ratio,
                                    "completes, worker RssAnon<64MiB", bounded))
 
+    # ---- figure 7: brig-strip latency under a bulk backlog -------------------
+
+    @staticmethod
+    def window_max(times, width=1.0):
+        """Most timestamps in any sliding window of width seconds."""
+        times = sorted(times)
+        best, lo = 0, 0
+        for hi, t in enumerate(times):
+            while t - times[lo] >= width:
+                lo += 1
+            best = max(best, hi - lo + 1)
+        return best
+
+    def fig7_brigs(self, s, targets, interval):
+        """Brig each target in turn, interval s apart; wait (bounded) until
+        both of its role DELETEs reached the mock.  Returns the strip
+        latencies in ms: last DELETE's arrival minus the commit."""
+        since = self.mock("GET", "/_mock/requests?since=999999999999&limit=1")["last_seq"]
+        commits = {}
+        t_next = time.monotonic()
+        for uid in targets:
+            delay = t_next - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            t_next += interval
+            commits[uid] = float(s.scalar(
+                "UPDATE lhdiscord.users SET in_brig = true WHERE user_id = %d; "
+                "SELECT extract(epoch FROM clock_timestamp())" % uid))
+        strips = {}
+
+        def arrived():
+            for uid in commits:
+                if len(strips.get(uid, ())) >= 2:
+                    continue
+                reqs = self.mock("GET", "/_mock/requests?since=%d&method=DELETE&path_prefix="
+                                 "/api/v10/guilds/%s/members/%d/roles/" % (since, self.guild, USER_BASE + uid))
+                strips[uid] = [r["t"] for r in reqs["requests"] if r["status"] == 204]
+            return all(len(strips.get(u, ())) >= 2 for u in commits)
+        wait_until(arrived, 120, "the strips of %d brigs to reach the mock" % len(commits), interval=0.2)
+        return [(max(strips[u]) - commits[u]) * 1000.0 for u in commits]
+
+    def figure7(self):
+        n = 300 if self.quick else 100000
+        m = 5 if self.quick else 30            # brigs measured, in each phase
+        interval = 1.0 if self.quick else 4.0  # seconds between brigs
+        warmup = 2.0 if self.quick else 10.0   # backlog running before measuring
+        rank_role = ROLE_IDS["rank_jr_crew"]
+        s = Session(self, "postgres", "lhd-bench-fig7")
+        s.query("SET client_min_messages = warning; "
+                "TRUNCATE lhdiscord.users, lhdiscord.role_state, lhdiscord.outbox CASCADE", timeout=300)
+        # Users 1..n have rank jr_crew, whose role is not mapped yet (so the
+        # mapping below queues n bulk convergences of one PUT each); users
+        # n+1..n+2m have no rank (the change does not affect them): the
+        # members to brig, m with the queue empty, m under the backlog.
+        s.query(self.seed_sql(n + 2 * m, level="'traveler'",
+                              rank="CASE WHEN i <= %d THEN 'jr_crew' ELSE 'none' END" % n)
+                + """
+SET session_replication_role = replica;
+DELETE FROM lhdiscord.role_map WHERE key = 'rank_jr_crew';
+UPDATE lhdiscord.role_state SET role_ids = array_remove(role_ids, '%s');
+RESET session_replication_role;
+""" % rank_role, timeout=900)
+        s.query("VACUUM ANALYZE", timeout=600)
+        self.check_role_state(s)
+        self.mock_guild(n + 2 * m, [ROLE_IDS["traveler"], ROLE_IDS["verified"]])
+        # Discord's limits (as figure 4), and the request record for arrival times.
+        self.mock("POST", "/_mock/config", {"record": True, "record_limit": 2000000, "global_limit": 50,
+                                            "buckets": {ROLE_BUCKET: {"limit": 50, "window": 1.0}}})
+        self.worker_conf(global_rate_limit=50, max_concurrency=32, poll_interval=None)
+
+        # Baseline: the same brig with an empty queue.
+        base = self.fig7_brigs(s, range(n + 1, n + m + 1), interval)
+        b50, b99 = percentile(base, 50), percentile(base, 99)
+        out("  baseline (empty queue): %d brigs %.1f s apart, strip latency p50 %.1f ms, p99 %.1f ms, max %.1f ms"
+            % (m, interval, b50, b99, max(base)))
+
+        # The bulk backlog: one mapping, n convergences.
+        t0 = time.monotonic()
+        since = self.mock("GET", "/_mock/requests?since=999999999999&limit=1")["last_seq"]
+        t_map = float(s.scalar(
+            "BEGIN; SELECT lhdiscord.map_role('rank_jr_crew', '%s'); ANALYZE lhdiscord.outbox; COMMIT; "
+            "SELECT extract(epoch FROM clock_timestamp())" % rank_role, timeout=900))
+        queued = int(s.scalar("SELECT count(*) FROM lhdiscord.outbox WHERE state IN ('pending', 'in_flight')"))
+        out("  bulk backlog: %d convergences queued by one map_role() in %.1f s" % (queued, time.monotonic() - t0))
+        time.sleep(warmup)
+        t_w0 = time.time()
+        with Perf(self, "fig7"):
+            lat = self.fig7_brigs(s, range(n + m + 1, n + 2 * m + 1), interval)
+        t_w1 = time.time()
+        left = int(s.scalar("SELECT count(*) FROM lhdiscord.outbox WHERE state IN ('pending', 'in_flight')"))
+        try:
+            lanes = s.query("SELECT DISTINCT lane, lane_backlog, round(lane_send_rate::numeric, 2), "
+                            "date_trunc('second', lane_drain_estimate) FROM lhdiscord.outbox_stats "
+                            "WHERE lane IS NOT NULL ORDER BY 1")
+        except BenchError as err:          # a build without lanes: report, go on
+            out("  outbox_stats has no lane columns: %s" % str(err).splitlines()[0])
+            lanes = []
+        reqs = self.mock("GET", "/_mock/requests?since=%d&path_prefix=/api/v10/" % since, timeout=300)["requests"]
+        st = self.mock_stats()
+        arrivals = [r["t"] for r in reqs if t_w0 <= r["t"] <= t_w1]
+        limited = sum(1 for r in reqs if r["status"] == 429 and t_w0 <= r["t"] <= t_w1)
+        util = len(arrivals) / max(1e-9, t_w1 - t_w0) / 50.0
+        wmax = self.window_max(arrivals)
+        wmax_all = self.window_max([r["t"] for r in reqs])
+        p50, p99 = percentile(lat, 50), percentile(lat, 99)
+        out("  under the backlog: %d brigs %.1f s apart over %.1f s (from %.0f s after the mapping), strip latency "
+            "p50 %.1f ms, p99 %.1f ms, max %.1f ms; %d bulk jobs still queued at the end"
+            % (m, interval, t_w1 - t_w0, t_w0 - t_map, p50, p99, max(lat), left))
+        out("  meanwhile: %d requests reached the mock = %.2f/s = %.3f of the 50/s limit; max per one-second "
+            "window %d (whole run since the mapping %d; mock max_per_second %d); %d 429s"
+            % (len(arrivals), len(arrivals) / max(1e-9, t_w1 - t_w0), util, wmax, wmax_all,
+               st["max_per_second"], limited))
+        for row in lanes:
+            out("  outbox_stats lane %s: backlog %s, send rate %s jobs/s, drain estimate %s" % tuple(row))
+        out("  ratios to the empty-queue baseline: p50 %.2fx, p99 %.2fx" % (p50 / b50, p99 / b99))
+        # Stop the backlog: drop what is pending, let the claimed jobs finish.
+        s.query("DELETE FROM lhdiscord.outbox WHERE state = 'pending'", timeout=300)
+        wait_until(lambda: s.scalar("SELECT count(*) FROM lhdiscord.outbox WHERE state = 'in_flight'") == "0",
+                   60, "the claimed bulk jobs to finish", interval=0.2)
+        s.close()
+        self.mock("POST", "/_mock/reset", {"record": False})
+        self.worker_conf(global_rate_limit=0)
+        self.results.append(Result("7a", "brig-strip latency p99 ms under a %d-job bulk backlog at 50/s "
+                                         "(empty-queue p99 as baseline)" % n,
+                                   p99, b99, p99 / b99, "p99<2000ms", p99 < 2000.0))
+        self.results.append(Result("7b", "utilisation of the 50/s limit while brigging (requests/s / 50)",
+                                   util * 50.0, 50.0, util, ">=0.9", util >= 0.9))
+        self.results.append(Result("7c", "server-side max requests per one-second window (limit as baseline)",
+                                   wmax, 50, wmax / 50.0, "<=50", wmax <= 50))
+
     # ---- driver ----------------------------------------------------------------
 
     FIGURES = [("1", "figure1", "trigger overhead"), ("2", "figure2", "calls per change"),
                ("3", "figure3", "drain throughput and latency"), ("4", "figure4", "rate-limit utilisation"),
-               ("6", "figure6", "member scan"), ("5", "figure5", "reconcile at scale")]
+               ("6", "figure6", "member scan"), ("5", "figure5", "reconcile at scale"),
+               ("7", "figure7", "brig-strip latency under a bulk backlog")]
 
     def run(self, only):
         t_start = time.monotonic()
