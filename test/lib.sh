@@ -22,7 +22,7 @@ LHD_PGXS=/usr/lib/postgresql/$LHD_PG_MAJOR/lib/pgxs
 LHD_PACKAGES="postgresql-$LHD_PG_MAJOR postgresql-server-dev-$LHD_PG_MAJOR libcurl4-openssl-dev libjansson-dev libssl-dev libipc-run-perl python3 make gcc clang wrk"
 LHD_TEST_KEY=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
 
-lhd_log() { printf '==> %s\n' "$*" >&2; }
+lhd_log() { printf '==> [%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 # Run a command as the postgres OS user (or directly when already postgres).
 lhd_as_pg() {
