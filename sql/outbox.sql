@@ -11,8 +11,13 @@ INSERT INTO lhdiscord.outbox (kind, discord_user_id, payload) VALUES
   ('dm', '100000000000000002', jsonb_build_object('content', 'short and sweet'));
 SELECT kind, state, jobs, oldest_age IS NOT NULL AS has_age FROM lhdiscord.outbox_stats ORDER BY 1, 2;
 SELECT lhdiscord.drain_outbox();
-SELECT method, route, length(body->>'content') AS chars, body->>'nonce' AS nonce, body->'enforce_nonce' AS enforce
+-- Each part's nonce is "<the job's random nonce>-<part>": shown as job id and part.
+SELECT method, route, length(body->>'content') AS chars,
+       (SELECT o.id FROM lhdiscord.outbox o WHERE o.nonce = split_part(body->>'nonce', '-', 1)) AS nonce_job,
+       split_part(body->>'nonce', '-', 2) AS part, body->'enforce_nonce' AS enforce
   FROM lhdiscord.fake_calls ORDER BY id;
+SELECT count(DISTINCT nonce) = count(*) AS nonces_unique, bool_and(nonce ~ '^[0-9a-f]{20}$') AS nonces_random_hex
+  FROM lhdiscord.outbox;
 SELECT discord_user_id, channel_id FROM lhdiscord.dm_channels ORDER BY 1;
 SELECT id, state, attempts, payload->'parts_sent' AS parts_sent FROM lhdiscord.outbox ORDER BY id;
 

@@ -56,7 +56,8 @@ SELECT count(*) - :audits_before AS audits_after_touch FROM lhdiscord.audit_log;
 DELETE FROM lhdiscord.user_roles WHERE role = 'hauling.member';
 SELECT lhdiscord.drain_outbox() AS drained;
 
--- A changed mapping converges every active account.
+-- A key moved to another role converges the members it affects: the old role
+-- is taken off them, the new one given.
 TRUNCATE lhdiscord.fake_calls;
 SELECT lhdiscord.map_role('traveler', '900000000000000109');
 SELECT count(*) AS pending FROM lhdiscord.outbox WHERE state = 'pending';

@@ -59,6 +59,10 @@ int			lhd_oauth_state_ttl = 600;
 int			lhd_token_refresh_margin = 86400;
 int			lhd_max_attempts = 10;
 int			lhd_retry_base_ms = 1000;
+int			lhd_worker_lock_timeout = 5000;
+int			lhd_worker_statement_timeout = 60000;
+int			lhd_rate_limit_max_wait = 3600;
+int			lhd_job_max_age = 86400;
 int			lhd_retry_max_delay = 300;
 
 static const struct config_enum_entry api_mode_options[] = {
@@ -612,7 +616,7 @@ lhd_define_gucs(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("lhdiscord.max_attempts",
-							"Attempts of a job on transient failures (5xx, timeouts) before it is dead.",
+							"Attempts of a member scan or token refresh on transient failures (5xx, timeouts) before it is dead; both are queued again on schedule.",
 							NULL,
 							&lhd_max_attempts,
 							10, 1, 1000,
@@ -634,6 +638,42 @@ lhd_define_gucs(void)
 							NULL,
 							&lhd_retry_max_delay,
 							300, 1, 86400,
+							PGC_SUSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("lhdiscord.worker_lock_timeout",
+							"lock_timeout of the worker's transactions: a job whose rows are locked longer is retried later.",
+							NULL,
+							&lhd_worker_lock_timeout,
+							5000, 10, 600000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("lhdiscord.worker_statement_timeout",
+							"statement_timeout of the worker's transactions (claims, outcomes, reconcile, housekeeping).",
+							NULL,
+							&lhd_worker_statement_timeout,
+							60000, 100, 3600000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("lhdiscord.rate_limit_max_wait",
+							"Upper bound of a wait that Discord asks for (429 retry_after, X-RateLimit-Reset-After).",
+							NULL,
+							&lhd_rate_limit_max_wait,
+							3600, 1, 86400,
+							PGC_SUSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("lhdiscord.job_max_age",
+							"DMs and guild joins still failing this long after they were queued end dead; role convergences never do.",
+							NULL,
+							&lhd_job_max_age,
+							86400, 60, 30 * 86400,
 							PGC_SUSET,
 							GUC_UNIT_S,
 							NULL, NULL, NULL);

@@ -3,27 +3,30 @@
  * engine.c
  *	  The outbox processing engine shared by the worker and drain_outbox().
  *
- * Owns claiming jobs (FOR UPDATE SKIP LOCKED), the task and request
- * life cycle, dispatching responses to the job kinds, classifying Discord
- * responses into outcomes with backoff, and recording finished tasks in one
- * set-based statement.  Database work runs in units (see lhd_engine.h): in
+ * Owns claiming jobs (FOR UPDATE SKIP LOCKED, highest lane first, bulk
+ * never starved), dispatching responses to the job kinds, saving the
+ * progress of held tasks, and recording finished tasks in one set-based
+ * statement (only rows nobody else holds).  Each kind's own database work
+ * runs in a subtransaction, so one kind's failure (a lock held past
+ * lock_timeout, a statement timeout, a trigger that raises) only retries that
+ * kind's jobs.  The task and request life cycle is in tasks.c.  Database work runs in units (see lhd_engine.h): in
  * the worker a unit is its own transaction, so HTTP never runs inside one.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
-#include <math.h>
-
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
-#include "common/pg_prng.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/snapmgr.h"
+#include "utils/timeout.h"
 
 #include "lhdiscord.h"
 #include "lhd_engine.h"
@@ -33,10 +36,14 @@
 
 PG_FUNCTION_INFO_V1(drain_outbox);
 
-const char *const lhd_method_names[] = {"GET", "PUT", "POST", "DELETE"};
-
 /* Jobs claimed per unit. */
 #define CLAIM_BATCH		200
+
+/* Retry delay of a job held up by something else (locked rows, a failed record). */
+#define ISOLATED_RETRY_MS 1000
+
+/* Recording again outcomes whose rows were locked by someone else, at most every: */
+#define RECORD_BLOCKED_MS 200
 
 /* ---------- units ---------- */
 
@@ -46,8 +53,7 @@ lhd_unit_begin(LhdEngine *e)
 	e->unit_caller_cxt = CurrentMemoryContext;
 	if (e->in_worker)
 	{
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
+		lhd_worker_xact_begin();
 		SPI_connect();
 	}
 	else
@@ -68,28 +74,32 @@ lhd_unit_end(LhdEngine *e)
 	if (e->in_worker)
 	{
 		SPI_finish();
-		CommitTransactionCommand();
+		lhd_worker_xact_commit();
 	}
 	/* A commit leaves TopMemoryContext current: go back to the caller's. */
 	MemoryContextSwitchTo(e->unit_caller_cxt);
 }
 
-/* ---------- tasks and requests ---------- */
-
-static LhdJobKind
-kind_from_text(const char *kind)
+/*
+ * Start a transaction of the worker's: every one is bounded by
+ * lhdiscord.worker_statement_timeout (lock_timeout is a setting of the
+ * worker's session).  A bgworker has no statement timer of its own: the
+ * timeout is armed here and disarmed before the commit.
+ */
+void
+lhd_worker_xact_begin(void)
 {
-	if (strcmp(kind, "roles") == 0)
-		return LHD_JOB_ROLES;
-	if (strcmp(kind, "dm") == 0)
-		return LHD_JOB_DM;
-	if (strcmp(kind, "member_scan") == 0)
-		return LHD_JOB_MEMBER_SCAN;
-	if (strcmp(kind, "guild_join") == 0)
-		return LHD_JOB_GUILD_JOIN;
-	if (strcmp(kind, "token_refresh") == 0)
-		return LHD_JOB_TOKEN_REFRESH;
-	return LHD_JOB_UNKNOWN;
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (lhd_worker_statement_timeout > 0)
+		enable_timeout_after(STATEMENT_TIMEOUT, lhd_worker_statement_timeout);
+}
+
+void
+lhd_worker_xact_commit(void)
+{
+	disable_timeout(STATEMENT_TIMEOUT, false);
+	CommitTransactionCommand();
 }
 
 /* What each job kind does at each stage; NULL = nothing to do. */
@@ -98,258 +108,157 @@ typedef struct KindOps
 	void		(*prepare) (LhdEngine *e, List *tasks);	/* batch load, claim unit */
 	void		(*start) (LhdEngine *e, LhdTask *t);
 	void		(*response) (LhdEngine *e, LhdTask *t, LhdRequest *r);
+	void		(*checkpoint) (LhdEngine *e, List *tasks);	/* save progress of held tasks */
+	void		(*resume) (LhdEngine *e, LhdTask *t);	/* go on after a checkpoint */
 	void		(*record) (LhdEngine *e, List *tasks);	/* record unit */
 	bool		needs_guild;	/* fails while lhdiscord.guild_id is unset */
+	bool		record_optional;	/* a failed record does not undo the outcome */
 } KindOps;
 
 static const KindOps kind_ops[] = {
-	[LHD_JOB_ROLES] = {lhd_roles_prepare, lhd_roles_start, lhd_roles_response, lhd_roles_record, true},
-	[LHD_JOB_DM] = {lhd_dm_prepare, lhd_dm_start, lhd_dm_response, lhd_dm_record, false},
-	[LHD_JOB_MEMBER_SCAN] = {lhd_scan_prepare, lhd_scan_start, lhd_scan_response, lhd_scan_record, true},
-	[LHD_JOB_GUILD_JOIN] = {lhd_join_prepare, lhd_join_start, lhd_join_response, lhd_join_record, true},
-	[LHD_JOB_TOKEN_REFRESH] = {lhd_refresh_prepare, lhd_refresh_start, lhd_refresh_response, lhd_refresh_record, false},
-	[LHD_JOB_UNKNOWN] = {NULL, NULL, NULL, NULL, false},
+	[LHD_JOB_ROLES] = {lhd_roles_prepare, lhd_roles_start, lhd_roles_response, NULL, NULL, lhd_roles_record, true, false},
+	/* A DM's record only caches its channel: a delivered DM stays delivered. */
+	[LHD_JOB_DM] = {lhd_dm_prepare, lhd_dm_start, lhd_dm_response, lhd_dm_checkpoint, lhd_dm_resume, lhd_dm_record, false, true},
+	[LHD_JOB_MEMBER_SCAN] = {lhd_scan_prepare, lhd_scan_start, lhd_scan_response, NULL, NULL, lhd_scan_record, true, false},
+	[LHD_JOB_GUILD_JOIN] = {lhd_join_prepare, lhd_join_start, lhd_join_response, NULL, NULL, lhd_join_record, true, false},
+	[LHD_JOB_TOKEN_REFRESH] = {lhd_refresh_prepare, lhd_refresh_start, lhd_refresh_response, NULL, NULL, lhd_refresh_record, false, false},
+	[LHD_JOB_UNKNOWN] = {0},
 };
 
-/* Run a batch stage for each kind present in tasks. */
+typedef enum KindStage
+{
+	STAGE_PREPARE,
+	STAGE_CHECKPOINT,
+	STAGE_RECORD
+} KindStage;
+
+static const char *const stage_names[] = {"loading the inputs of", "saving the progress of", "recording"};
+
+/*
+ * Run fn(e, tasks) in a subtransaction, so that one kind's failure (a lock
+ * held past lock_timeout, a statement timeout, a trigger that raises) rolls
+ * back only that kind's work and the rest of the batch goes on.  Returns
+ * NULL, or the error message (after logging it) when fn raised.
+ */
+static char *
+run_isolated(LhdEngine *e, void (*fn) (LhdEngine *, List *), List *tasks,
+			 LhdJobKind kind, KindStage stage)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	char	   *volatile failure = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		fn(e, tasks);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		failure = pstrdup(edata->message);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	if (failure)
+		ereport(WARNING,
+				(errmsg("lhdiscord: error %s %d %s job(s), retried later: %s",
+						stage_names[stage], list_length(tasks), lhd_job_kind_names[kind], failure)));
+	return failure;
+}
+
+/*
+ * Run a batch stage for each kind present in tasks.  A kind whose prepare
+ * or checkpoint failed has its tasks finished for a retry; one whose record
+ * failed has its outcomes turned into retries (unless its record is
+ * optional), before the outbox rows are written.
+ */
 static void
-for_each_kind(LhdEngine *e, List *tasks, bool record)
+for_each_kind(LhdEngine *e, List *tasks, KindStage stage)
 {
 	for (int k = 0; k < LHD_JOB_UNKNOWN; k++)
 	{
-		void		(*fn) (LhdEngine *, List *) = record ? kind_ops[k].record : kind_ops[k].prepare;
+		void		(*fn) (LhdEngine *, List *);
 		List	   *of_kind = NIL;
 		ListCell   *lc;
+		char	   *failure;
 
+		fn = stage == STAGE_PREPARE ? kind_ops[k].prepare :
+			stage == STAGE_CHECKPOINT ? kind_ops[k].checkpoint : kind_ops[k].record;
 		if (fn == NULL)
 			continue;
 		foreach(lc, tasks)
 			if (((LhdTask *) lfirst(lc))->kind == (LhdJobKind) k)
 				of_kind = lappend(of_kind, lfirst(lc));
-		if (of_kind != NIL)
-			fn(e, of_kind);
+		if (of_kind == NIL)
+			continue;
+		failure = run_isolated(e, fn, of_kind, (LhdJobKind) k, stage);
+		if (failure)
+		{
+			char	   *why = psprintf("%s the job failed: %s", stage_names[stage], failure);
+
+			foreach(lc, of_kind)
+			{
+				LhdTask    *t = lfirst(lc);
+
+				if (stage == STAGE_RECORD)
+				{
+					if (!kind_ops[k].record_optional)
+						lhd_task_set_retry(t, ISOLATED_RETRY_MS, why);
+				}
+				else
+				{
+					if (stage == STAGE_PREPARE)
+						t->state = NULL;
+					lhd_task_set_retry(t, ISOLATED_RETRY_MS, why);
+					lhd_task_move_finished(e, t);
+				}
+			}
+		}
 		list_free(of_kind);
 	}
 }
 
-static const struct
-{
-	LhdMethod	method;
-	const char *route;			/* rate-limit route template */
-	bool		guild_major;	/* major parameter is the guild (else channel/none) */
-}			op_info[] = {
-	[LHD_OP_MEMBER_GET] = {LHD_GET, "GET /guilds/{guild_id}/members/{user_id}", true},
-	[LHD_OP_ROLE_PUT] = {LHD_PUT, "PUT /guilds/{guild_id}/members/{user_id}/roles/{role_id}", true},
-	[LHD_OP_ROLE_DELETE] = {LHD_DELETE, "DELETE /guilds/{guild_id}/members/{user_id}/roles/{role_id}", true},
-	[LHD_OP_MEMBERS_LIST] = {LHD_GET, "GET /guilds/{guild_id}/members", true},
-	[LHD_OP_MEMBER_ADD] = {LHD_PUT, "PUT /guilds/{guild_id}/members/{user_id}", true},
-	[LHD_OP_DM_CHANNEL] = {LHD_POST, "POST /users/@me/channels", false},
-	[LHD_OP_MESSAGE] = {LHD_POST, "POST /channels/{channel_id}/messages", false},
-	[LHD_OP_OAUTH_TOKEN] = {LHD_POST, "POST /oauth2/token", false},
-	[LHD_OP_OAUTH_ME] = {LHD_GET, "GET /users/@me", false},
-};
-
-/*
- * A new request of task t for operation op; fmt/... builds the path.  The
- * request lives in the task's memory context.
- */
-LhdRequest *
-lhd_task_request(LhdTask *t, LhdOp op, const char *fmt,...)
-{
-	MemoryContext old = MemoryContextSwitchTo(t->cxt);
-	LhdRequest *r = palloc0(sizeof(LhdRequest));
-	StringInfoData path;
-	va_list		args;
-
-	initStringInfo(&path);
-	for (;;)
-	{
-		int			needed;
-
-		va_start(args, fmt);
-		needed = appendStringInfoVA(&path, fmt, args);
-		va_end(args);
-		if (needed == 0)
-			break;
-		enlargeStringInfo(&path, needed);
-	}
-	r->op = op;
-	r->method = op_info[op].method;
-	r->route = (char *) op_info[op].route;
-	r->path = path.data;
-	r->auth = LHD_AUTH_BOT;
-	r->reason = t->reason;
-	r->discord_user_id = t->discord_user_id;
-	r->task = t;
-	MemoryContextSwitchTo(old);
-	return r;
-}
-
-/*
- * Give r a body: copied into the request's task context (it is sent later,
- * maybe after a retry wait), the source wiped when it is a secret.
- */
+/* Save the progress of every held task in one unit, then resume them. */
 void
-lhd_request_set_body(LhdRequest *r, char *body, const char *content_type, bool secret)
+lhd_engine_checkpoint(LhdEngine *e)
 {
-	r->body = MemoryContextStrdup(r->task->cxt, body);
-	r->content_type = content_type;
-	r->body_secret = secret;
-	if (secret)
-		lhd_wipe(body);
-	pfree(body);
-}
-
-void
-lhd_task_send(LhdEngine *e, LhdTask *t, LhdRequest *r)
-{
-	MemoryContext old = MemoryContextSwitchTo(e->cxt);
-
-	if (r->major == NULL && op_info[r->op].guild_major)
-		r->major = e->guild_id;
-	t->outstanding++;
-	e->ready = lappend(e->ready, r);
-	MemoryContextSwitchTo(old);
-}
-
-bool
-lhd_response_ok(const LhdRequest *r)
-{
-	return r->status >= 200 && r->status < 300;
-}
-
-/*
- * "GET /guilds/{guild_id}/members/{user_id}: HTTP 404, Discord code 10007:
- * Unknown Member", or the transport error.  Route templates carry the
- * method and no ids, so summaries never hold a token or a user's data.
- */
-char *
-lhd_response_summary(const LhdRequest *r)
-{
-	if (r->status == 0)
-		return psprintf("%s: %s", r->route, r->error ? r->error : "no response");
-	if (r->discord_code)
-		return psprintf("%s: HTTP %ld, Discord code %d%s%s", r->route, r->status,
-						r->discord_code, r->error ? ": " : "", r->error ? r->error : "");
-	return psprintf("%s: HTTP %ld", r->route, r->status);
-}
-
-static int
-backoff_ms(int attempts)
-{
-	double		delay = (double) lhd_retry_base_ms * pow(2.0, Max(attempts - 1, 0));
-	double		cap = (double) lhd_retry_max_delay * 1000.0;
-
-	if (delay > cap)
-		delay = cap;
-	/* Full jitter in [delay/2, delay]. */
-	return (int) (delay * (0.5 + 0.5 * pg_prng_double(&pg_global_prng_state)));
-}
-
-/*
- * The outcome a failed response leads to: permanent Discord errors fail
- * the job (no retry), everything else is transient.  A request that was
- * never sent (sending paused) does not count as one of t's attempts.
- */
-LhdOutcome
-lhd_classify(LhdTask *t, LhdRequest *r)
-{
-	if (r->paused)
-		t->uncounted = true;
-	if (lhd_response_ok(r))
-		return LHD_OUT_DONE;
-	switch (r->discord_code)
-	{
-		case 10003:				/* Unknown Channel */
-		case 10004:				/* Unknown Guild */
-		case 10007:				/* Unknown Member */
-		case 10011:				/* Unknown Role */
-		case 10013:				/* Unknown User */
-		case 50007:				/* Cannot send messages to this user */
-		case 50013:				/* Missing Permissions */
-		case 50033:				/* Invalid Recipient(s) */
-		case 50035:				/* Invalid Form Body */
-			return LHD_OUT_FAILED;
-		default:
-			break;
-	}
-	if (r->paused)
-		return LHD_OUT_RETRY;
-	if (r->status == 0 || r->status >= 500 || r->status == 429 || r->status == 408)
-		return LHD_OUT_RETRY;
-	/* Any other 4xx is our request's fault: retrying cannot help. */
-	return LHD_OUT_FAILED;
-}
-
-void
-lhd_task_finish(LhdEngine *e, LhdTask *t, LhdOutcome outcome, long status, const char *error)
-{
-	MemoryContext old = MemoryContextSwitchTo(t->cxt);
-
-	if (outcome == LHD_OUT_RETRY && !t->uncounted && t->attempts >= lhd_max_attempts)
-		outcome = LHD_OUT_DEAD;
-	if (outcome == LHD_OUT_RETRY)
-		t->retry_delay_ms = t->uncounted ? 1000 : backoff_ms(t->attempts);
-	t->outcome = outcome;
-	t->last_status = status;
-	t->last_error = error ? pstrdup(error) : NULL;
-	MemoryContextSwitchTo(e->cxt);
-	e->active = list_delete_ptr(e->active, t);
-	e->finished = lappend(e->finished, t);
-	MemoryContextSwitchTo(old);
-}
-
-/* Finish a task from a failed response, with the matching outcome. */
-void
-lhd_task_finish_from(LhdEngine *e, LhdTask *t, LhdRequest *r)
-{
-	LhdOutcome	outcome = lhd_classify(t, r);
-	char	   *summary = lhd_response_summary(r);
-
-	if (outcome == LHD_OUT_FAILED)
-		ereport(WARNING,
-				(errmsg("lhdiscord: outbox job " INT64_FORMAT " failed without retry: %s",
-						t->job_id, summary)));
-	lhd_task_finish(e, t, outcome, r->status, summary);
-}
-
-/*
- * For job kinds that need more than the claimed row: run plan, whose $1 is
- * the array of the tasks' job ids and whose first column is a job id, and
- * call fill(t, row) in the task's memory context for each row's task.
- */
-void
-lhd_tasks_load(List *tasks, LhdPlan *plan, void (*fill) (LhdTask *t, int row))
-{
-	int			n = list_length(tasks);
-	Datum	   *ids = palloc(sizeof(Datum) * n);
-	Datum		values[1];
+	List	   *held = e->held;
 	ListCell   *lc;
-	int			i = 0;
-	int			rows;
 
-	foreach(lc, tasks)
-		ids[i++] = Int64GetDatum(((LhdTask *) lfirst(lc))->job_id);
-	values[0] = PointerGetDatum(construct_array_builtin(ids, n, INT8OID));
-	rows = lhd_exec(plan, values, NULL, true, 0);
-	for (int r = 0; r < rows; r++)
+	if (held == NIL)
+		return;
+	e->held = NIL;
+	lhd_unit_begin(e);
+	/* Back to running first: a failed save finishes them for a retry. */
 	{
-		bool		isnull;
-		int64		id = DatumGetInt64(lhd_getattr(r, 1, &isnull));
+		MemoryContext old = MemoryContextSwitchTo(e->cxt);
 
-		foreach(lc, tasks)
-		{
-			LhdTask    *t = lfirst(lc);
-
-			if (t->job_id == id)
-			{
-				MemoryContext old = MemoryContextSwitchTo(t->cxt);
-
-				fill(t, r);
-				MemoryContextSwitchTo(old);
-			}
-		}
+		e->active = list_concat(e->active, held);
+		MemoryContextSwitchTo(old);
 	}
+	for_each_kind(e, held, STAGE_CHECKPOINT);
+	lhd_unit_end(e);
+	/* Synchronous, whatever the worker's synchronous_commit says. */
+	if (e->in_worker)
+		XLogFlush(XactLastCommitEnd);
+	foreach(lc, held)
+	{
+		LhdTask    *t = lfirst(lc);
+
+		if (t->outcome == LHD_OUT_NONE && kind_ops[t->kind].resume)
+			kind_ops[t->kind].resume(e, t);
+	}
+	list_free(held);
 }
 
 /* ---------- claiming ---------- */
@@ -385,42 +294,74 @@ start_task(LhdEngine *e, LhdTask *t)
 	kind_ops[t->kind].start(e, t);
 }
 
-/* Claim up to limit due jobs and start them; returns the number claimed. */
+/* The claim's conditions on a candidate j, beyond being pending and due. */
+#define CLAIMABLE \
+	/* DMs of one recipient go one at a time, oldest first. */ \
+	"     AND (j.kind <> 'dm' OR NOT EXISTS (" \
+	"          SELECT 1 FROM lhdiscord.outbox p " \
+	"           WHERE p.kind = 'dm' AND p.discord_user_id = j.discord_user_id " \
+	"             AND (p.state = 'in_flight' OR (p.state = 'pending' AND p.id < j.id)))) " \
+	/* A member's roles wait until its guild join is done. */ \
+	"     AND (j.kind <> 'roles' OR NOT EXISTS (" \
+	"          SELECT 1 FROM lhdiscord.outbox g " \
+	"           WHERE g.kind = 'guild_join' AND g.discord_user_id = j.discord_user_id " \
+	"             AND g.state IN ('pending', 'in_flight'))) "
+
+/*
+ * Claim up to limit due jobs and start them; returns the number claimed.
+ * Urgent jobs first, then interactive, then bulk, oldest first within a
+ * lane; bulk gets what the higher lanes leave, and at least a tenth of the
+ * batch when it has due work, so it is never starved.  high_only: no bulk
+ * at all (a claim out of turn, for work a commit just queued).
+ */
 int
-lhd_engine_claim(LhdEngine *e, int limit)
+lhd_engine_claim(LhdEngine *e, int limit, bool high_only)
 {
 	static LhdPlan plan = {
-		.sql = "WITH c AS ("
-		"  SELECT id FROM lhdiscord.outbox j "
-		"   WHERE state = 'pending' AND run_after <= now() "
-		/* DMs of one recipient go one at a time, oldest first. */
-		"     AND (kind <> 'dm' OR NOT EXISTS ("
-		"          SELECT 1 FROM lhdiscord.outbox p "
-		"           WHERE p.kind = 'dm' AND p.discord_user_id = j.discord_user_id "
-		"             AND (p.state = 'in_flight' OR (p.state = 'pending' AND p.id < j.id)))) "
-		/* A member's roles wait until its guild join is done. */
-		"     AND (kind <> 'roles' OR NOT EXISTS ("
-		"          SELECT 1 FROM lhdiscord.outbox g "
-		"           WHERE g.kind = 'guild_join' AND g.discord_user_id = j.discord_user_id "
-		"             AND g.state IN ('pending', 'in_flight'))) "
-		"   ORDER BY run_after, id LIMIT $1 FOR UPDATE SKIP LOCKED) "
+		.sql = "WITH hi AS ("
+		"  SELECT j.id FROM lhdiscord.outbox j "
+		"   WHERE j.state = 'pending' AND j.run_after <= now() AND j.lane < 'bulk' " CLAIMABLE
+		"   ORDER BY j.lane, j.run_after, j.id LIMIT $1 FOR UPDATE SKIP LOCKED), "
+		"lo AS ("
+		"  SELECT j.id FROM lhdiscord.outbox j "
+		"   WHERE j.state = 'pending' AND j.run_after <= now() AND j.lane = 'bulk' " CLAIMABLE
+		"   ORDER BY j.run_after, j.id "
+		"   LIMIT greatest($2 - (SELECT count(*) FROM hi), $3) FOR UPDATE SKIP LOCKED), "
+		"c AS (SELECT id FROM hi UNION ALL SELECT id FROM lo) "
 		"UPDATE lhdiscord.outbox o SET state = 'in_flight', attempts = o.attempts + 1, "
 		"       claimed_by = pg_backend_pid(), claimed_at = now(), updated_at = now() "
 		"  FROM c WHERE o.id = c.id "
 		"RETURNING o.id, o.kind::text, o.discord_user_id, o.user_id, o.attempts, "
-		"          o.generation, o.reason, o.payload::text",
-		.nargs = 1,
-		.argtypes = {INT4OID},
+		"          o.generation, o.reason, o.payload::text, o.nonce, "
+		"          extract(epoch FROM now() - o.created_at)::float8, o.lane::text",
+		.nargs = 3,
+		.argtypes = {INT4OID, INT4OID, INT4OID},
 		.options = LHD_PLAN_FRESH
 	};
-	Datum		values[1];
+	Datum		values[3];
 	int			n;
+	int			reserve;
+	LhdLane		best = LHD_LANE_BULK;
 	List	   *claimed = NIL;
 	ListCell   *lc;
 
 	lhd_unit_begin(e);
-	values[0] = Int32GetDatum(limit);
+	reserve = high_only ? 0 : Max(limit / 10, 1);
+	values[0] = Int32GetDatum(Max(limit - reserve, 1));
+	values[1] = Int32GetDatum(high_only ? 0 : limit);
+	values[2] = Int32GetDatum(Min(reserve, limit));
 	n = lhd_exec(&plan, values, NULL, false, 0);
+
+	/*
+	 * The claim ran with a fresh snapshot (SPI takes one per statement that
+	 * writes); the kinds' inputs are read read-only, with the active one.
+	 * Make that as new as the claim's, or a job committed after this unit
+	 * began would be claimed with its inputs unseen: a DM without content,
+	 * a convergence to a user's previous row.
+	 */
+	CommandCounterIncrement();
+	PopActiveSnapshot();
+	PushActiveSnapshot(GetTransactionSnapshot());
 	for (int i = 0; i < n; i++)
 	{
 		MemoryContext tcxt = AllocSetContextCreate(e->cxt, "lhdiscord task",
@@ -431,7 +372,7 @@ lhd_engine_claim(LhdEngine *e, int limit)
 
 		t->cxt = tcxt;
 		t->job_id = DatumGetInt64(lhd_getattr(i, 1, &isnull));
-		t->kind = kind_from_text(lhd_getattr_text(i, 2));
+		t->kind = lhd_job_kind_from_text(lhd_getattr_text(i, 2));
 		t->discord_user_id = lhd_getattr_text(i, 3);
 		{
 			Datum		d = lhd_getattr(i, 4, &isnull);
@@ -442,6 +383,10 @@ lhd_engine_claim(LhdEngine *e, int limit)
 		t->generation = DatumGetInt32(lhd_getattr(i, 6, &isnull));
 		t->reason = lhd_getattr_text(i, 7);
 		t->payload = lhd_getattr_text(i, 8);
+		t->nonce = lhd_getattr_text(i, 9);
+		t->age_seconds = DatumGetFloat8(lhd_getattr(i, 10, &isnull));
+		t->lane = lhd_lane_from_text(lhd_getattr_text(i, 11));
+		best = Min(best, t->lane);
 		MemoryContextSwitchTo(e->cxt);
 		claimed = lappend(claimed, t);
 		MemoryContextSwitchTo(old);
@@ -453,13 +398,93 @@ lhd_engine_claim(LhdEngine *e, int limit)
 		e->active = list_concat(e->active, claimed);
 		MemoryContextSwitchTo(old);
 	}
-	for_each_kind(e, claimed, false);
+	for_each_kind(e, claimed, STAGE_PREPARE);
 	lhd_unit_end(e);
+	if (n > 0)
+		lhd_set_serving_lane(lhd_lane_names[best]);
 
 	foreach(lc, claimed)
-		start_task(e, (LhdTask *) lfirst(lc));
+	{
+		LhdTask    *t = lfirst(lc);
+
+		/* Not those whose inputs could not be loaded: they wait for a retry. */
+		if (t->outcome == LHD_OUT_NONE)
+			start_task(e, t);
+	}
 	list_free(claimed);
 	return n;
+}
+
+/* ---------- superseded jobs ---------- */
+
+/*
+ * A change that takes access away (a brig) may fold into a convergence the
+ * engine is running right now (a promotion of the same member): the job
+ * would finish its old plan first, and only then run again for the strip.
+ * When a commit wakes the worker, find our running jobs that an urgent
+ * change superseded, drop their unsent requests and end them as soon as
+ * nothing of theirs is in flight, so that they are claimed again at once
+ * (urgent, reading the member first).
+ */
+void
+lhd_engine_check_superseded(LhdEngine *e)
+{
+	static LhdPlan plan = {
+		.sql = "SELECT o.id, o.generation FROM lhdiscord.outbox o "
+		"WHERE o.state = 'in_flight' AND o.claimed_by = pg_backend_pid() "
+		"  AND o.kind = 'roles' AND o.lane = 'urgent'",
+		.nargs = 0,
+		.options = LHD_PLAN_FRESH
+	};
+	int			n;
+	List	   *superseded = NIL;
+	ListCell   *lc;
+
+	if (e->active == NIL)
+		return;
+	lhd_unit_begin(e);
+	n = lhd_exec(&plan, NULL, NULL, true, 0);
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(lhd_getattr(i, 1, &isnull));
+		int32		gen = DatumGetInt32(lhd_getattr(i, 2, &isnull));
+
+		foreach(lc, e->active)
+		{
+			LhdTask    *t = lfirst(lc);
+
+			if (t->job_id == id && t->generation != gen && t->lane != LHD_LANE_URGENT &&
+				!t->superseded)
+				superseded = lappend(superseded, t);
+		}
+	}
+	lhd_unit_end(e);
+
+	foreach(lc, superseded)
+	{
+		LhdTask    *t = lfirst(lc);
+		List	   *kept = NIL;
+		ListCell   *rc;
+		MemoryContext old = MemoryContextSwitchTo(e->cxt);
+
+		t->superseded = true;
+		foreach(rc, e->ready)
+		{
+			LhdRequest *r = lfirst(rc);
+
+			if (r->task == t)
+				t->outstanding--;
+			else
+				kept = lappend(kept, r);
+		}
+		list_free(e->ready);
+		e->ready = kept;
+		MemoryContextSwitchTo(old);
+		if (t->outstanding == 0)
+			lhd_task_finish(e, t, LHD_OUT_CONTINUE, 0, "superseded by a change that takes access away");
+	}
+	list_free(superseded);
 }
 
 /* ---------- responses ---------- */
@@ -497,6 +522,66 @@ outcome_state(LhdOutcome o)
 		default:
 			return "pending";
 	}
+}
+
+/*
+ * Lock the outbox rows of the finished tasks that are not locked by someone
+ * else; e->finished keeps those, the others are returned.
+ */
+static List *
+lock_finished_rows(LhdEngine *e)
+{
+	static LhdPlan plan = {
+		.sql = "SELECT o.id FROM lhdiscord.outbox o WHERE o.id = ANY ($1::bigint[]) "
+		"FOR UPDATE SKIP LOCKED",
+		.nargs = 1,
+		.argtypes = {INT8ARRAYOID},
+		.options = LHD_PLAN_FRESH
+	};
+	int			n = list_length(e->finished);
+	Datum	   *ids = palloc(sizeof(Datum) * n);
+	Datum		values[1];
+	int64	   *locked;
+	int			nlocked;
+	int			i = 0;
+	ListCell   *lc;
+	List	   *now = NIL;
+	List	   *later = NIL;
+	MemoryContext old;
+
+	/* drain_outbox() waits for the rows, as any statement of its session. */
+	if (!e->in_worker)
+		return NIL;
+	foreach(lc, e->finished)
+		ids[i++] = Int64GetDatum(((LhdTask *) lfirst(lc))->job_id);
+	values[0] = PointerGetDatum(construct_array_builtin(ids, n, INT8OID));
+	nlocked = lhd_exec(&plan, values, NULL, false, 0);
+	if (nlocked == n)
+		return NIL;
+	locked = palloc(sizeof(int64) * Max(nlocked, 1));
+	for (int k = 0; k < nlocked; k++)
+	{
+		bool		isnull;
+
+		locked[k] = DatumGetInt64(lhd_getattr(k, 1, &isnull));
+	}
+	old = MemoryContextSwitchTo(e->cxt);
+	foreach(lc, e->finished)
+	{
+		LhdTask    *t = lfirst(lc);
+		bool		found = false;
+
+		for (int k = 0; k < nlocked && !found; k++)
+			found = (locked[k] == t->job_id);
+		if (found)
+			now = lappend(now, t);
+		else
+			later = lappend(later, t);
+	}
+	list_free(e->finished);
+	e->finished = now;
+	MemoryContextSwitchTo(old);
+	return later;
 }
 
 /*
@@ -547,10 +632,29 @@ lhd_engine_record(LhdEngine *e)
 	ListCell   *lc;
 	int			updated;
 
-	if (n == 0)
+	List	   *later;
+
+	if (n == 0 || lhd_now_ms() < e->record_blocked_until)
 		return 0;
 
 	lhd_unit_begin(e);
+	/*
+	 * Only the jobs whose rows are free now: an application transaction that
+	 * folded a change into a running job holds its row until it commits, and
+	 * must not hold up the outcomes of all the others (or make the worker
+	 * wait out lock_timeout).  The others are recorded on a later pass.
+	 */
+	later = lock_finished_rows(e);
+	n = list_length(e->finished);
+	if (n == 0)
+	{
+		lhd_unit_end(e);
+		e->finished = later;
+		e->record_blocked_until = lhd_now_ms() + RECORD_BLOCKED_MS;
+		return 0;
+	}
+	/* The kinds' own rows first: a failure there changes the outcome. */
+	for_each_kind(e, e->finished, STAGE_RECORD);
 	ids = palloc(sizeof(Datum) * n);
 	gens = palloc(sizeof(Datum) * n);
 	states = palloc(sizeof(Datum) * n);
@@ -591,13 +695,18 @@ lhd_engine_record(LhdEngine *e)
 		if (DatumGetBool(lhd_getattr(k, 1, &isnull)))
 			e->requeued = true;
 	}
-	for_each_kind(e, e->finished, true);
 	lhd_unit_end(e);
 
 	foreach(lc, e->finished)
 	{
 		LhdTask    *t = lfirst(lc);
 
+		/*
+		 * A finished DM lets its recipient's next DM go; a finished guild
+		 * join lets the member's roles go: claim again at once.
+		 */
+		if (t->kind == LHD_JOB_DM || t->kind == LHD_JOB_GUILD_JOIN)
+			e->requeued = true;
 		if (t->outcome == LHD_OUT_DONE || t->outcome == LHD_OUT_FAILED ||
 			t->outcome == LHD_OUT_DEAD)
 		{
@@ -607,7 +716,9 @@ lhd_engine_record(LhdEngine *e)
 		MemoryContextDelete(t->cxt);
 	}
 	list_free(e->finished);
-	e->finished = NIL;
+	e->finished = later;
+	if (later != NIL)
+		e->record_blocked_until = lhd_now_ms() + RECORD_BLOCKED_MS;
 	return n;
 }
 
@@ -685,16 +796,17 @@ lhd_drain(bool in_worker, int max_jobs)
 					 errhint("Fix lhdiscord.bot_token, then run SELECT pg_reload_conf().")));
 			break;
 		}
-		claimed = lhd_engine_claim(e, Min(CLAIM_BATCH, max_jobs - e->jobs_finished));
+		claimed = lhd_engine_claim(e, Min(CLAIM_BATCH, max_jobs - e->jobs_finished), false);
 
 		if (claimed == 0)
 			break;
-		while (e->active != NIL)
+		while (e->active != NIL || e->held != NIL)
 		{
 			CHECK_FOR_INTERRUPTS();
 			if (e->ready != NIL || e->inflight > 0)
 				lhd_engine_transport(e, 100);
 			lhd_engine_dispatch(e);
+			lhd_engine_checkpoint(e);
 			lhd_engine_check_stalled(e);
 		}
 		lhd_engine_record(e);
@@ -720,13 +832,16 @@ drain_outbox(PG_FUNCTION_ARGS)
 {
 	int			max_jobs = PG_ARGISNULL(0) ? 1000 : PG_GETARG_INT32(0);
 	int			finished;
+	int			nestlevel;
 
 	if (max_jobs < 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max must be at least 1")));
+	nestlevel = lhd_pin_search_path();
 	SPI_connect();
 	finished = lhd_drain(false, max_jobs);
 	SPI_finish();
+	lhd_unpin_search_path(nestlevel);
 	PG_RETURN_INT32(finished);
 }

@@ -34,7 +34,12 @@
 #include "lhd_ratelimit.h"
 #include "lhd_shared.h"
 
-#define MAX_RESPONSE	(32 * 1024 * 1024)
+/*
+ * The largest response read: a page of 1000 guild members is well under
+ * 1 MiB.  A larger one is abandoned as soon as the cap is passed (or before
+ * it starts, when Content-Length says so).
+ */
+#define MAX_RESPONSE	(8 * 1024 * 1024)
 #define USER_AGENT		"User-Agent: DiscordBot (" LHD_PROJECT_URL ", " LHD_VERSION ")"
 
 typedef struct Transfer
@@ -56,6 +61,11 @@ typedef struct LhdHttp
 {
 	CURLM	   *multi;
 	LhdLimiter *limiter;		/* the process's (see process_limiter) */
+	bool		token_ok;		/* a probe accepted this bot token and base URL */
+	char	   *identity;		/* their hash, as verified_identity holds it */
+	LhdRequest *probe;			/* the probe in flight, or NULL */
+	MemoryContext probe_cxt;	/* the probe's request, reset for each */
+	int64		next_probe_at;	/* after a failed (not 401) probe */
 	Transfer	active;			/* list head of transfers in flight */
 	MemoryContextCallback cleanup;
 } LhdHttp;
@@ -68,6 +78,18 @@ static bool curl_ready = false;
  * requests that count toward Discord's ban.
  */
 static LhdLimiter *process_limiter = NULL;
+
+/*
+ * SHA-256 of the bot token and base URL that the last probe accepted.  A
+ * bad token must cost one request, not a pipeline full of them: until a
+ * probe (GET /users/@me) has accepted the current pair, no other request
+ * with the bot token is sent.  A reload that changes either rebuilds the
+ * engine and so probes again.
+ */
+static char verified_identity[65] = "";
+
+/* The probe's route, as the engine names it for rate limits. */
+static const char op_route_probe[] = "GET /users/@me";
 
 static void
 curl_init_once(void)
@@ -230,6 +252,16 @@ http_get(LhdEngine *e)
 	h->cleanup.func = http_cleanup;
 	h->cleanup.arg = h;
 	MemoryContextRegisterResetCallback(e->cxt, &h->cleanup);
+	h->probe_cxt = AllocSetContextCreate(e->cxt, "lhdiscord token probe", ALLOCSET_SMALL_SIZES);
+	{
+		char	   *pair = psprintf("%s\n%s", lhd_bot_token ? lhd_bot_token : "", lhd_api_base_url);
+
+		h->identity = MemoryContextStrdup(e->cxt, lhd_sha256_hex(pair, strlen(pair)));
+		explicit_bzero(pair, strlen(pair));
+		pfree(pair);
+	}
+	h->token_ok = strcmp(h->identity, verified_identity) == 0;
+	lhd_set_token_verified(h->token_ok);
 	e->http = h;
 	return h;
 }
@@ -316,6 +348,7 @@ setup_transfer(Transfer *t, LhdRequest *r)
 	curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long) lhd_request_timeout_ms);
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long) Min(lhd_request_timeout_ms, 5000));
+	curl_easy_setopt(c, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t) MAX_RESPONSE);
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, write_body);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, t);
 	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, read_header);
@@ -454,7 +487,8 @@ read_response(Transfer *t, CURLcode code)
 	if (code != CURLE_OK)
 	{
 		r->status = 0;
-		r->error = pstrdup(t->overflow ? "response too large" :
+		r->error = pstrdup(t->overflow || code == CURLE_FILESIZE_EXCEEDED
+						   ? "response too large (over 8 MiB), abandoned" :
 						   t->errbuf[0] ? t->errbuf : curl_easy_strerror(code));
 		return;
 	}
@@ -471,6 +505,44 @@ read_response(Transfer *t, CURLcode code)
 		if (err.global)
 			t->rh.global = true;
 	}
+}
+
+static void start_transfer(LhdEngine *e, LhdHttp *h, LhdRequest *r);
+
+/* Send the token probe: GET /users/@me with the bot token. */
+static void
+start_probe(LhdEngine *e, LhdHttp *h)
+{
+	MemoryContext old;
+	LhdTask    *t;
+	LhdRequest *r;
+
+	MemoryContextReset(h->probe_cxt);
+	old = MemoryContextSwitchTo(h->probe_cxt);
+	t = palloc0(sizeof(LhdTask));
+	t->cxt = h->probe_cxt;
+	t->kind = LHD_JOB_UNKNOWN;
+	t->lane = LHD_LANE_URGENT;
+	r = lhd_task_request(t, LHD_OP_OAUTH_ME, "/users/@me");
+	r->reason = NULL;
+	MemoryContextSwitchTo(old);
+	h->probe = r;
+	start_transfer(e, h, r);
+}
+
+/* The probe's answer: 200 opens the pipeline; 401 has paused sending. */
+static void
+probe_answered(LhdHttp *h, LhdRequest *r)
+{
+	if (r->status == 200)
+	{
+		h->token_ok = true;
+		strlcpy(verified_identity, h->identity, sizeof(verified_identity));
+		lhd_set_token_verified(true);
+	}
+	else if (r->status != 401)
+		h->next_probe_at = lhd_now_ms() + 1000;	/* Discord failing: again soon */
+	h->probe = NULL;
 }
 
 /* Turn a finished transfer into the request's response. */
@@ -490,11 +562,15 @@ finish_transfer(LhdEngine *e, LhdHttp *h, Transfer *t, CURLcode code)
 		lhd_limiter_abandoned(h->limiter, r->route, r->major);
 		pg_atomic_fetch_add_u64(&lhd_shared->transport_errors, 1);
 		lhd_set_last_error("%s: %s", r->route, r->error);
+		lhd_note_discord_answer(false);
 	}
 	else
 	{
-		lhd_limiter_response(h->limiter, r->route, r->major, &t->rh, status, lhd_now_ms());
+		/* Answers to requests in flight when a 401 paused sending count once. */
+		lhd_limiter_response(h->limiter, r->route, r->major, &t->rh, status, lhd_now_ms(),
+							 !(status == 401 && lhd_is_paused()));
 		lhd_count_response(status);
+		lhd_note_discord_answer(status < 500);
 		if (status == 429)
 		{
 			/* Paced by the limiter now; try again, not the job's failure. */
@@ -511,7 +587,9 @@ finish_transfer(LhdEngine *e, LhdHttp *h, Transfer *t, CURLcode code)
 			lhd_set_last_error("%s", lhd_response_summary(r));
 	}
 	MemoryContextSwitchTo(e->cxt);
-	if (requeue)
+	if (r == h->probe)
+		probe_answered(h, r);
+	else if (requeue)
 		e->ready = lcons(r, e->ready);
 	else
 		e->completed = lappend(e->completed, r);
@@ -571,6 +649,12 @@ lhd_http_step(LhdEngine *e, int max_wait_ms)
 		e->ready = NIL;
 	}
 
+	/* An unverified bot token: one probe first, the rest waits for it. */
+	if (!h->token_ok && h->probe == NULL && e->ready != NIL && !lhd_is_paused() &&
+		lhd_bot_token != NULL && lhd_bot_token[0] != '\0' && now >= h->next_probe_at &&
+		lhd_limiter_delay(h->limiter, op_route_probe, NULL, now) == 0)
+		start_probe(e, h);
+
 	foreach(lc, e->ready)
 	{
 		LhdRequest *r = lfirst(lc);
@@ -583,9 +667,12 @@ lhd_http_step(LhdEngine *e, int max_wait_ms)
 			complete_unsent(e, r, "lhdiscord.bot_token is not set");
 			continue;
 		}
-		delay = e->inflight < lhd_max_concurrency
-			? lhd_limiter_delay(h->limiter, r->route, r->major, now)
-			: LHD_LIMIT_WAIT_RESPONSE;
+		if (r->auth == LHD_AUTH_BOT && !h->token_ok)
+			delay = LHD_LIMIT_WAIT_RESPONSE;
+		else if (e->inflight < lhd_max_concurrency)
+			delay = lhd_limiter_delay(h->limiter, r->route, r->major, now);
+		else
+			delay = LHD_LIMIT_WAIT_RESPONSE;
 		if (delay == 0)
 			start_transfer(e, h, r);
 		else
@@ -611,6 +698,27 @@ lhd_http_step(LhdEngine *e, int max_wait_ms)
 	pgstat_report_wait_end();
 	curl_multi_perform(h->multi, &running);
 	collect(e, h);
+}
+
+/* A reload: end the waits a 429 imposed (see lhd_limiter_clear_waits). */
+void
+lhd_http_clear_waits(void)
+{
+	if (process_limiter != NULL)
+		lhd_limiter_clear_waits(process_limiter, lhd_now_ms());
+}
+
+/* Milliseconds left of a pending global 429 wait; 0 = none. */
+int64
+lhd_http_global_wait_ms(void)
+{
+	int64		now = lhd_now_ms();
+	int64		until;
+
+	if (process_limiter == NULL)
+		return 0;
+	until = lhd_limiter_blocked_until(process_limiter, now);
+	return until > now ? until - now : 0;
 }
 
 /* The invalid-request count of this process's limiter (for worker_status). */

@@ -5,13 +5,16 @@
  *
  * Owns the life of a "dm" outbox job and the splitting of long content.
  * The DM channel is created once (POST /users/@me/channels) and cached in
- * lhdiscord.dm_channels.  Each part is posted with a nonce derived from the
- * job id and the part number and enforce_nonce = true: when a retry repeats
- * a post whose response was lost (timeout, crash), Discord returns the
- * original message instead of creating a second one.  Progress (parts_sent)
- * is saved when a job is retried, so a retry long after Discord's nonce
- * window never resends a delivered part.  Parts go out strictly in order,
- * and the claim query never runs two DMs of one recipient at once.
+ * lhdiscord.dm_channels.  Each part is posted with the nonce
+ * "<outbox.nonce>-<part>" and enforce_nonce = true: when a retry repeats a
+ * post whose response was lost (timeout, crash), Discord returns the
+ * original message instead of creating a second one.  outbox.nonce is a
+ * random value fixed when the job is queued, so no two jobs share a nonce,
+ * even after a failover reissued job ids or a restore.  Each confirmed part
+ * is saved (parts_sent) durably before the next one is posted, so neither a
+ * crash nor a retry long after Discord's nonce window resends a delivered
+ * part.  Parts go out strictly in order, and the claim query never runs two
+ * DMs of one recipient at once.
  *
  * DMs closed (50007) and unknown users end the job as failed, without retry.
  *
@@ -180,8 +183,10 @@ send_part(LhdEngine *e, LhdTask *t)
 
 	r->major = st->channel_id;
 	r->reason = NULL;
+	/* Discord takes nonces of up to 25 characters: 20 + "-" + part. */
 	lhd_request_set_body(r, lhd_json_message_body(st->parts[st->sent],
-												  psprintf(INT64_FORMAT "-%d", t->job_id, st->sent)),
+												  t->nonce ? psprintf("%s-%d", t->nonce, st->sent)
+												  : psprintf(INT64_FORMAT "-%d", t->job_id, st->sent)),
 						 "application/json", false);
 	lhd_task_send(e, t, r);
 }
@@ -255,7 +260,7 @@ lhd_dm_response(LhdEngine *e, LhdTask *t, LhdRequest *r)
 	{
 		st->sent++;
 		if (st->sent < st->nparts)
-			send_part(e, t);
+			lhd_task_hold(e, t);	/* saved first, then the next part */
 		else
 			lhd_task_finish(e, t, LHD_OUT_DONE, r->status, NULL);
 		return;
@@ -270,6 +275,42 @@ lhd_dm_response(LhdEngine *e, LhdTask *t, LhdRequest *r)
 		return;
 	}
 	lhd_task_finish_from(e, t, r);
+}
+
+/* Save the parts confirmed so far of DMs that have more to send. */
+void
+lhd_dm_checkpoint(LhdEngine *e, List *tasks)
+{
+	static LhdPlan plan = {
+		.sql = "UPDATE lhdiscord.outbox o SET payload = jsonb_set(o.payload, '{parts_sent}', to_jsonb(p.sent)) "
+		"FROM unnest($1::bigint[], $2::int[]) AS p(id, sent) WHERE o.id = p.id",
+		.nargs = 2,
+		.argtypes = {INT8ARRAYOID, INT4ARRAYOID}
+	};
+	int			n = list_length(tasks);
+	Datum	   *ids = palloc(sizeof(Datum) * n);
+	Datum	   *sent = palloc(sizeof(Datum) * n);
+	Datum		values[2];
+	ListCell   *lc;
+	int			i = 0;
+
+	foreach(lc, tasks)
+	{
+		LhdTask    *t = lfirst(lc);
+
+		ids[i] = Int64GetDatum(t->job_id);
+		sent[i++] = Int32GetDatum(((DmState *) t->state)->sent);
+	}
+	values[0] = PointerGetDatum(construct_array_builtin(ids, n, INT8OID));
+	values[1] = PointerGetDatum(construct_array_builtin(sent, n, INT4OID));
+	lhd_exec(&plan, values, NULL, false, 0);
+}
+
+/* The confirmed parts are on disk: post the next one. */
+void
+lhd_dm_resume(LhdEngine *e, LhdTask *t)
+{
+	send_part(e, t);
 }
 
 /* Cache new channels, drop stale ones, save progress of retried jobs. */
@@ -287,13 +328,8 @@ lhd_dm_record(LhdEngine *e, List *tasks)
 		.nargs = 1,
 		.argtypes = {TEXTOID}
 	};
-	static LhdPlan progress_plan = {
-		.sql = "UPDATE lhdiscord.outbox SET payload = jsonb_set(payload, '{parts_sent}', to_jsonb($2::int)) "
-		"WHERE id = $1",
-		.nargs = 2,
-		.argtypes = {INT8OID, INT4OID}
-	};
 	ListCell   *lc;
+	List	   *progressed = NIL;
 
 	foreach(lc, tasks)
 	{
@@ -316,10 +352,9 @@ lhd_dm_record(LhdEngine *e, List *tasks)
 			lhd_exec(&drop_plan, values, NULL, false, 0);
 		}
 		if (st->sent > 0)
-		{
-			Datum		values[2] = {Int64GetDatum(t->job_id), Int32GetDatum(st->sent)};
-
-			lhd_exec(&progress_plan, values, NULL, false, 0);
-		}
+			progressed = lappend(progressed, t);
 	}
+	if (progressed != NIL)
+		lhd_dm_checkpoint(e, progressed);
+	list_free(progressed);
 }

@@ -301,9 +301,9 @@ int
 lhd_queue_token_refreshes(void)
 {
 	static LhdPlan plan = {
-		.sql = "INSERT INTO lhdiscord.outbox (kind, discord_user_id, user_id, payload, reason) "
+		.sql = "INSERT INTO lhdiscord.outbox (kind, discord_user_id, user_id, payload, reason, lane) "
 		"SELECT 'token_refresh', a.discord_user_id, a.user_id, jsonb_build_object('account_id', a.id), "
-		"       'OAuth2 token refresh' "
+		"       'OAuth2 token refresh', 'bulk' "
 		"FROM lhdiscord.discord_accounts a "
 		"WHERE a.refresh_token IS NOT NULL AND NOT a.tokens_stale "
 		"  AND a.token_expires_at < now() + $1 * interval '1 second' "

@@ -13,7 +13,9 @@
  * calls that change something.  When they are unknown (first link, after a
  * failure) it reads the member once (GET member) and diffs.  Only managed
  * roles are ever removed.  Any failed call forgets the state, so the next
- * convergence reads the member again.
+ * convergence reads the member again.  A convergence that takes access
+ * away (brig, unlink, revoke) always reads the member first, so it removes
+ * every managed role the member holds, also those added on Discord by hand.
  *
  *-------------------------------------------------------------------------
  */
@@ -64,9 +66,27 @@ lhd_roles_prepare(LhdEngine *e, List *tasks)
 
 		/* The sets are copied into the task: the batch's SPI memory goes. */
 		lhd_desired_roles(map, &inputs[i], &st->desired, &st->managed);
-		st->applied_known = inputs[i].applied_known;
-		for (int k = 0; k < inputs[i].applied.n; k++)
-			lhd_roleset_add(&st->held, inputs[i].applied.ids[k]);
+		/*
+		 * A removal that takes access away (the account is brigged or gone)
+		 * must be complete whatever the cache says (a moderator added a
+		 * managed role by hand, a failover left stale state): read the
+		 * member first.
+		 */
+		st->applied_known = inputs[i].applied_known && inputs[i].account_exists &&
+			inputs[i].account_active && !inputs[i].in_brig;
+		if (st->applied_known)
+			for (int k = 0; k < inputs[i].applied.n; k++)
+				lhd_roleset_add(&st->held, inputs[i].applied.ids[k]);
+		/* Role ids a role_map change retired: removed where held. */
+		{
+			char	  **retired;
+			int			nretired;
+
+			if (t->payload && lhd_json_id_array(t->payload, "retired_role_ids", &retired, &nretired))
+				for (int k = 0; k < nretired; k++)
+					if (!lhd_roleset_contains(&st->desired, retired[k]))
+						lhd_roleset_add(&st->managed, retired[k]);
+		}
 		st->worst = LHD_OUT_DONE;
 		t->state = st;
 		MemoryContextSwitchTo(old);
@@ -151,6 +171,13 @@ lhd_roles_response(LhdEngine *e, LhdTask *t, LhdRequest *r)
 {
 	RolesState *st = t->state;
 
+	/* An urgent change folded in: end without sending more (it runs again). */
+	if (t->superseded)
+	{
+		if (t->outstanding == 0)
+			lhd_task_finish(e, t, LHD_OUT_CONTINUE, 0, "superseded by a change that takes access away");
+		return;
+	}
 	if (r->op == LHD_OP_MEMBER_GET)
 	{
 		char	  **roles;

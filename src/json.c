@@ -110,6 +110,16 @@ lhd_json_parse_error(const char *body, LhdJsonError *out)
 bool
 lhd_json_member_roles(const char *body, char ***roles, int *n)
 {
+	return lhd_json_id_array(body, "roles", roles, n);
+}
+
+/*
+ * The snowflakes of array member key of the object in body; false when
+ * body is no object or key no array.
+ */
+bool
+lhd_json_id_array(const char *body, const char *key, char ***roles, int *n)
+{
 	json_t	   *root = load(body);
 	json_t	   *arr;
 	size_t		i;
@@ -119,7 +129,7 @@ lhd_json_member_roles(const char *body, char ***roles, int *n)
 	*n = 0;
 	if (root == NULL)
 		return false;
-	arr = json_object_get(root, "roles");
+	arr = json_object_get(root, key);
 	if (!json_is_array(arr))
 	{
 		json_decref(root);

@@ -66,6 +66,16 @@ typedef enum LhdJobKind
 	LHD_JOB_UNKNOWN
 } LhdJobKind;
 
+/* Priority lanes, highest first (the order of SQL enum outbox_lane). */
+typedef enum LhdLane
+{
+	LHD_LANE_URGENT,
+	LHD_LANE_INTERACTIVE,
+	LHD_LANE_BULK
+} LhdLane;
+
+extern const char *const lhd_lane_names[];
+
 /* How a finished task leaves the outbox. */
 typedef enum LhdOutcome
 {
@@ -124,6 +134,10 @@ typedef struct LhdTask
 	int			generation;
 	char	   *reason;
 	char	   *payload;		/* jsonb as text */
+	char	   *nonce;			/* random, fixed when the job was queued */
+	double		age_seconds;	/* since the job was queued, at the claim */
+	LhdLane		lane;
+	bool		superseded;		/* an urgent change folded in: end early */
 	int			outstanding;	/* requests not yet answered */
 	void	   *state;			/* kind-specific */
 
@@ -170,9 +184,11 @@ typedef struct LhdEngine
 	List	   *finished;		/* LhdTask * awaiting recording */
 	List	   *ready;			/* LhdRequest * to send */
 	List	   *completed;		/* LhdRequest * answered */
+	List	   *held;			/* LhdTask * waiting for their progress to be saved */
 	int			inflight;
 	bool		requeued;		/* a recorded job went straight back to pending */
 	bool		reconcile_requested;	/* a member scan completed */
+	int64		record_blocked_until;	/* outcomes wait for rows locked by others */
 
 	void	   *http;			/* live transport state (http.c) */
 } LhdEngine;
@@ -187,13 +203,22 @@ lhd_now_ms(void)
 	return (int64) INSTR_TIME_GET_MILLISEC(t);
 }
 
+/* tasks.c */
+extern LhdJobKind lhd_job_kind_from_text(const char *kind);
+extern LhdLane lhd_lane_from_text(const char *lane);
+
 /* engine.c */
 extern LhdEngine *lhd_engine_create(bool in_worker, MemoryContext parent);
-extern int	lhd_engine_claim(LhdEngine *e, int limit);
+extern int	lhd_engine_claim(LhdEngine *e, int limit, bool high_only);
 extern void lhd_engine_transport(LhdEngine *e, int max_wait_ms);
 extern void lhd_engine_dispatch(LhdEngine *e);
 extern int	lhd_engine_record(LhdEngine *e);
 extern void lhd_engine_check_stalled(LhdEngine *e);
+extern void lhd_engine_checkpoint(LhdEngine *e);
+extern void lhd_engine_check_superseded(LhdEngine *e);
+extern void lhd_worker_xact_begin(void);
+extern void lhd_worker_xact_commit(void);
+extern const char *const lhd_job_kind_names[];
 struct LhdPlan;
 extern void lhd_tasks_load(List *tasks, struct LhdPlan *plan, void (*fill) (LhdTask *t, int row));
 extern int	lhd_drain(bool in_worker, int max_jobs);
@@ -206,6 +231,9 @@ extern void lhd_task_send(LhdEngine *e, LhdTask *t, LhdRequest *r);
 extern void lhd_task_finish(LhdEngine *e, LhdTask *t, LhdOutcome outcome,
 							long status, const char *error);
 extern void lhd_task_finish_from(LhdEngine *e, LhdTask *t, LhdRequest *r);
+extern void lhd_task_move_finished(LhdEngine *e, LhdTask *t);
+extern void lhd_task_set_retry(LhdTask *t, int delay_ms, const char *error);
+extern void lhd_task_hold(LhdEngine *e, LhdTask *t);
 extern LhdOutcome lhd_classify(LhdTask *t, LhdRequest *r);
 extern bool lhd_response_ok(const LhdRequest *r);
 extern char *lhd_response_summary(const LhdRequest *r);
@@ -231,6 +259,8 @@ extern int	lhd_split_message(const char *content, int max_chars, char ***parts);
 extern void lhd_dm_prepare(LhdEngine *e, List *tasks);
 extern void lhd_dm_start(LhdEngine *e, LhdTask *t);
 extern void lhd_dm_response(LhdEngine *e, LhdTask *t, LhdRequest *r);
+extern void lhd_dm_checkpoint(LhdEngine *e, List *tasks);
+extern void lhd_dm_resume(LhdEngine *e, LhdTask *t);
 extern void lhd_dm_record(LhdEngine *e, List *tasks);
 
 /* jobs_scan.c */
@@ -257,5 +287,7 @@ extern void lhd_fake_execute(LhdEngine *e);
 extern void lhd_http_step(LhdEngine *e, int max_wait_ms);
 extern int	lhd_http_invalid_count(LhdEngine *e, bool *throttled);
 extern void lhd_http_sync(LhdRequest *r);
+extern void lhd_http_clear_waits(void);
+extern int64 lhd_http_global_wait_ms(void);
 
 #endif							/* LHD_ENGINE_H */

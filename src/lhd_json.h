@@ -28,6 +28,7 @@ extern bool lhd_json_parse_error(const char *body, LhdJsonError *out);
 
 /* {"roles": [...]} of a guild member; false when malformed. */
 extern bool lhd_json_member_roles(const char *body, char ***roles, int *n);
+extern bool lhd_json_id_array(const char *body, const char *key, char ***ids, int *n);
 
 /* A page of List Guild Members: count and the highest user id. */
 extern bool lhd_json_members_page(const char *body, int *count, char **last_id);

@@ -30,9 +30,11 @@ extern LhdLimiter *lhd_limiter_create(MemoryContext cxt);
 extern int64 lhd_limiter_delay(LhdLimiter *l, const char *route, const char *major, int64 now_ms);
 extern void lhd_limiter_sent(LhdLimiter *l, const char *route, const char *major, int64 now_ms);
 extern void lhd_limiter_response(LhdLimiter *l, const char *route, const char *major,
-								 const LhdRateHeaders *h, long status, int64 now_ms);
+								 const LhdRateHeaders *h, long status, int64 now_ms, bool count);
 extern void lhd_limiter_abandoned(LhdLimiter *l, const char *route, const char *major);
 extern void lhd_limiter_forget_inflight(LhdLimiter *l);
 extern int	lhd_limiter_invalid_count(LhdLimiter *l, int64 now_ms);
+extern void lhd_limiter_clear_waits(LhdLimiter *l, int64 now_ms);
+extern int64 lhd_limiter_blocked_until(LhdLimiter *l, int64 now_ms);
 
 #endif							/* LHD_RATELIMIT_H */

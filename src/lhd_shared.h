@@ -31,6 +31,11 @@ typedef struct LhdShared
 	bool		throttled;		/* slowed down to stay far from a ban */
 	char		last_error[LHD_ERROR_LEN];
 	TimestampTz last_error_at;
+	TimestampTz failing_since;	/* first of the current run of transient failures */
+	bool		recovered;		/* Discord answered again: retries are due now */
+	TimestampTz rate_limited_until;	/* a pending global 429 wait, or 0 */
+	char		serving_lane[16];	/* highest lane of the last claim */
+	bool		token_verified; /* the probe accepted the current bot token */
 
 	/* Counters (atomics, no lock). */
 	pg_atomic_uint64 calls;
@@ -40,6 +45,7 @@ typedef struct LhdShared
 	pg_atomic_uint64 transport_errors;
 	pg_atomic_uint64 rate_limited;
 	pg_atomic_uint64 jobs_finished;
+	pg_atomic_uint64 worker_errors;	/* ERRORs the worker recovered from */
 } LhdShared;
 
 extern LhdShared *lhd_shared;
@@ -54,5 +60,11 @@ extern void lhd_count_response(long status);
 extern void lhd_set_invalid_count(int count, bool throttled);
 extern void lhd_worker_register(Latch *latch);
 extern void lhd_worker_touch(void);
+extern void lhd_note_discord_answer(bool answered);
+extern bool lhd_take_recovered(void);
+extern bool lhd_discord_failing(void);
+extern void lhd_set_rate_limited_until(TimestampTz until);
+extern void lhd_set_serving_lane(const char *lane);
+extern void lhd_set_token_verified(bool verified);
 
 #endif							/* LHD_SHARED_H */

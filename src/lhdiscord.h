@@ -78,6 +78,10 @@ extern int	lhd_token_refresh_margin;
 extern int	lhd_max_attempts;
 extern int	lhd_retry_base_ms;
 extern int	lhd_retry_max_delay;
+extern int	lhd_worker_lock_timeout;
+extern int	lhd_worker_statement_timeout;
+extern int	lhd_rate_limit_max_wait;
+extern int	lhd_job_max_age;
 extern int	lhd_snapshot_retention;
 
 extern void lhd_define_gucs(void);
@@ -131,6 +135,8 @@ typedef struct LhdPlan
  */
 #define LHD_PLAN_FRESH CURSOR_OPT_CUSTOM_PLAN
 
+extern int	lhd_pin_search_path(void);
+extern void lhd_unpin_search_path(int nestlevel);
 extern SPIPlanPtr lhd_plan(LhdPlan *p);
 extern int	lhd_exec(LhdPlan *p, Datum *values, const char *nulls,
 					 bool read_only, long count);
@@ -167,8 +173,12 @@ extern int	lhd_enqueue_user_convergence(int64 user_id, const char *reason,
 /* ---------- outbox.c ---------- */
 
 extern void lhd_enqueue_all_convergences(const char *reason);
+extern int	lhd_enqueue_role_key_change(const char *key, const char *retired_role_id,
+										const char *reason);
 extern void lhd_enqueue_convergence(const char *discord_user_id, int64 user_id,
 									const char *reason);
+extern void lhd_enqueue_convergence_in_lane(const char *discord_user_id, int64 user_id,
+											const char *reason, const char *lane);
 
 extern int64 lhd_prune_outbox(int retention_seconds);
 extern void lhd_request_worker_wake(void);

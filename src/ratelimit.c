@@ -9,9 +9,16 @@
  * paced by Remaining / Reset-After *before* a 429 happens: a bucket with
  * nothing left waits for its reset, counting requests still in flight.  An
  * unknown route sends one request at a time until a response teaches its
- * bucket.  The global limit is a sliding one-second window over send times,
- * so no second ever sees more than lhdiscord.global_rate_limit requests.
+ * bucket.  The global limit must hold where Discord counts, by arrival:
+ * requests are spread evenly (one every 1/(0.96 x limit) s, no bursts that
+ * the network could bunch further), and a sliding window over send times
+ * keeps any 1.05 s under the limit less one.  A bucket is assumed refilled
+ * only BUCKET_MARGIN_MS after its reset, so a request does not reach Discord
+ * just before the reset there.
  * A 429 blocks the bucket or, when global, everything, for retry_after.
+ * Every wait Discord asks for (retry_after, Reset-After) is capped at
+ * lhdiscord.rate_limit_max_wait, so one absurd value cannot wedge the
+ * worker; a reload ends a pending global wait.
  *
  * 401, 403 and 429 responses are counted per second over ten minutes
  * (Discord bans at 10,000): from half of lhdiscord.invalid_request_budget
@@ -31,6 +38,9 @@
 #define WINDOW_SECONDS	600
 #define GLOBAL_RING		1024	/* max global limit that is tracked exactly */
 #define MARGIN_MS		15		/* slack against clock granularity */
+#define WINDOW_MARGIN_MS 50		/* send vs. arrival skew, for the global window */
+#define BUCKET_MARGIN_MS 100	/* our clock vs. Discord's, for a bucket's reset */
+#define PACE_FRACTION	0.96	/* of the global limit, for even spacing */
 
 typedef struct RouteEntry
 {
@@ -57,6 +67,7 @@ struct LhdLimiter
 	int			send_head;
 	int			send_count;
 	int64		last_send;
+	double		next_slot_ms;	/* earliest time of the next evenly spaced send */
 	/* invalid requests, per second over WINDOW_SECONDS */
 	int			invalid[WINDOW_SECONDS];
 	int64		invalid_second[WINDOW_SECONDS];
@@ -167,16 +178,19 @@ lhd_limiter_delay(LhdLimiter *l, const char *route, const char *major, int64 now
 
 	if (lhd_global_rate_limit > 0)
 	{
-		int			limit = Min(lhd_global_rate_limit, GLOBAL_RING);
+		/* Room for one more than the window allows is never taken. */
+		int			limit = Max(Min(lhd_global_rate_limit, GLOBAL_RING) - 1, 1);
 
+		if (l->next_slot_ms > (double) now_ms)
+			wait = Max(wait, (int64) (l->next_slot_ms - (double) now_ms) + 1);
 		if (l->send_count >= limit)
 		{
 			/* The limit-th most recent send must be over a second ago. */
 			int			idx = (l->send_head - limit + GLOBAL_RING) % GLOBAL_RING;
 			int64		oldest = l->sends[idx];
 
-			if (oldest + 1000 + MARGIN_MS > now_ms)
-				wait = Max(wait, oldest + 1000 + MARGIN_MS - now_ms);
+			if (oldest + 1000 + WINDOW_MARGIN_MS > now_ms)
+				wait = Max(wait, oldest + 1000 + WINDOW_MARGIN_MS - now_ms);
 		}
 	}
 
@@ -187,9 +201,9 @@ lhd_limiter_delay(LhdLimiter *l, const char *route, const char *major, int64 now
 		if (re->inflight > 0)
 			return Max(wait, LHD_LIMIT_WAIT_RESPONSE);
 	}
-	else if (b->reset_at_ms > now_ms && b->remaining - b->inflight <= 0)
-		wait = Max(wait, b->reset_at_ms - now_ms + MARGIN_MS);
-	else if (b->reset_at_ms <= now_ms && b->limit > 0 && b->inflight >= b->limit)
+	else if (b->reset_at_ms + BUCKET_MARGIN_MS > now_ms && b->remaining - b->inflight <= 0)
+		wait = Max(wait, b->reset_at_ms + BUCKET_MARGIN_MS - now_ms);
+	else if (b->reset_at_ms + BUCKET_MARGIN_MS <= now_ms && b->limit > 0 && b->inflight >= b->limit)
 		return Max(wait, LHD_LIMIT_WAIT_RESPONSE);
 	return wait;
 }
@@ -203,8 +217,8 @@ lhd_limiter_sent(LhdLimiter *l, const char *route, const char *major, int64 now_
 	re->inflight++;
 	if (b)
 	{
-		/* A passed reset means a fresh window: assume it refilled. */
-		if (b->reset_at_ms <= now_ms && b->limit > 0)
+		/* A reset passed (with a margin) means a fresh window: assume it refilled. */
+		if (b->reset_at_ms + BUCKET_MARGIN_MS <= now_ms && b->limit > 0)
 			b->remaining = b->limit;
 		b->inflight++;
 	}
@@ -213,6 +227,9 @@ lhd_limiter_sent(LhdLimiter *l, const char *route, const char *major, int64 now_
 	if (l->send_count < GLOBAL_RING)
 		l->send_count++;
 	l->last_send = now_ms;
+	if (lhd_global_rate_limit > 0)
+		l->next_slot_ms = Max(l->next_slot_ms, (double) now_ms) +
+			1000.0 / (PACE_FRACTION * (double) lhd_global_rate_limit);
 }
 
 /* A request on this route (and bucket) is no longer in flight. */
@@ -240,10 +257,53 @@ count_invalid(LhdLimiter *l, int64 now_ms)
 	l->invalid_total_at = -1;
 }
 
-/* Learn from a response (any status) to a request sent on (route, major). */
+/* A wait Discord asked for, in ms, within [0, lhdiscord.rate_limit_max_wait]. */
+static int64
+capped_wait_ms(double seconds)
+{
+	double		cap = (double) lhd_rate_limit_max_wait;
+
+	/* NaN fails both comparisons: no wait. */
+	if (!(seconds > 0.0))
+		return 0;
+	if (seconds > cap)
+		seconds = cap;
+	return (int64) (seconds * 1000.0);
+}
+
+/*
+ * A reload: the operator says go on.  A pending global wait ends now, and
+ * so does a bucket's wait of more than a minute (an ordinary bucket resets
+ * within seconds, and that wait is kept).
+ */
+void
+lhd_limiter_clear_waits(LhdLimiter *l, int64 now_ms)
+{
+	HASH_SEQ_STATUS seq;
+	BucketEntry *b;
+
+	l->global_blocked_until = 0;
+	hash_seq_init(&seq, l->buckets);
+	while ((b = hash_seq_search(&seq)) != NULL)
+		if (b->reset_at_ms > now_ms + 60000)
+			b->reset_at_ms = now_ms;
+}
+
+/* Until when (monotonic ms) everything waits for a global 429; 0 = not. */
+int64
+lhd_limiter_blocked_until(LhdLimiter *l, int64 now_ms)
+{
+	return l->global_blocked_until > now_ms ? l->global_blocked_until : 0;
+}
+
+/*
+ * Learn from a response (any status) to a request sent on (route, major).
+ * count = false: a 401/403 that is not counted toward the invalid-request
+ * budget again (answers to requests in flight when sending was paused).
+ */
 void
 lhd_limiter_response(LhdLimiter *l, const char *route, const char *major,
-					 const LhdRateHeaders *h, long status, int64 now_ms)
+					 const LhdRateHeaders *h, long status, int64 now_ms, bool count)
 {
 	RouteEntry *re;
 	BucketEntry *b = bucket_of(l, route, major, &re);
@@ -274,7 +334,7 @@ lhd_limiter_response(LhdLimiter *l, const char *route, const char *major,
 			nb = hash_search(l->buckets, bkey, HASH_ENTER, &found);
 		if (h->has_remaining && h->has_reset_after)
 		{
-			int64		reset_at = now_ms + (int64) (h->reset_after * 1000.0);
+			int64		reset_at = now_ms + capped_wait_ms(h->reset_after);
 
 			/*
 			 * Responses of one window can arrive out of order: keep the
@@ -293,7 +353,7 @@ lhd_limiter_response(LhdLimiter *l, const char *route, const char *major,
 
 	if (status == 429)
 	{
-		int64		until = now_ms + (int64) (Max(h->retry_after, 0.0) * 1000.0) + MARGIN_MS;
+		int64		until = now_ms + capped_wait_ms(h->retry_after) + MARGIN_MS;
 
 		if (h->global)
 			l->global_blocked_until = Max(l->global_blocked_until, until);
@@ -308,7 +368,7 @@ lhd_limiter_response(LhdLimiter *l, const char *route, const char *major,
 		if (!h->shared_scope)
 			count_invalid(l, now_ms);
 	}
-	else if (status == 401 || status == 403)
+	else if ((status == 401 || status == 403) && count)
 		count_invalid(l, now_ms);
 }
 
@@ -317,6 +377,8 @@ void
 lhd_limiter_abandoned(LhdLimiter *l, const char *route, const char *major)
 {
 	RouteEntry *re;
+	BucketEntry *b = bucket_of(l, route, major, &re);
 
-	release_inflight(re, bucket_of(l, route, major, &re));
+	/* bucket_of sets re: call it before reading re. */
+	release_inflight(re, b);
 }

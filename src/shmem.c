@@ -55,6 +55,7 @@ init_state(LhdShared *s)
 	pg_atomic_init_u64(&s->transport_errors, 0);
 	pg_atomic_init_u64(&s->rate_limited, 0);
 	pg_atomic_init_u64(&s->jobs_finished, 0);
+	pg_atomic_init_u64(&s->worker_errors, 0);
 }
 
 static void
@@ -162,8 +163,8 @@ lhd_wake_worker(void)
 Datum
 outbox_wake(PG_FUNCTION_ARGS)
 {
-	/* The worker's own bookkeeping needs no wake-up. */
 	lhd_trigger_require_table(fcinfo, "outbox_wake", "outbox", NULL);
+	/* The worker's own bookkeeping needs no wake-up. */
 	if (!lhd_am_worker)
 		lhd_request_worker_wake();
 	return PointerGetDatum(NULL);
@@ -248,6 +249,75 @@ lhd_worker_register(Latch *latch)
 	SpinLockRelease(&lhd_shared->mutex);
 }
 
+/*
+ * Discord answered a request (answered: any HTTP response below 500), or
+ * did not (a transport error, a 5xx).  The first failure starts the outage
+ * clock of worker_status; the first answer after failures ends it and
+ * tells the worker to make every waiting retry due at once.
+ */
+void
+lhd_note_discord_answer(bool answered)
+{
+	SpinLockAcquire(&lhd_shared->mutex);
+	if (!answered && lhd_shared->failing_since == 0)
+		lhd_shared->failing_since = GetCurrentTimestamp();
+	else if (answered && lhd_shared->failing_since != 0)
+	{
+		lhd_shared->failing_since = 0;
+		lhd_shared->recovered = true;
+	}
+	SpinLockRelease(&lhd_shared->mutex);
+}
+
+/* Is Discord failing (no answer since the last transient failure)? */
+bool
+lhd_discord_failing(void)
+{
+	bool		failing;
+
+	SpinLockAcquire(&lhd_shared->mutex);
+	failing = lhd_shared->failing_since != 0;
+	SpinLockRelease(&lhd_shared->mutex);
+	return failing;
+}
+
+/* Did Discord come back since the last call?  (Clears the flag.) */
+bool
+lhd_take_recovered(void)
+{
+	bool		recovered;
+
+	SpinLockAcquire(&lhd_shared->mutex);
+	recovered = lhd_shared->recovered;
+	lhd_shared->recovered = false;
+	SpinLockRelease(&lhd_shared->mutex);
+	return recovered;
+}
+
+void
+lhd_set_serving_lane(const char *lane)
+{
+	SpinLockAcquire(&lhd_shared->mutex);
+	strlcpy(lhd_shared->serving_lane, lane ? lane : "", sizeof(lhd_shared->serving_lane));
+	SpinLockRelease(&lhd_shared->mutex);
+}
+
+void
+lhd_set_token_verified(bool verified)
+{
+	SpinLockAcquire(&lhd_shared->mutex);
+	lhd_shared->token_verified = verified;
+	SpinLockRelease(&lhd_shared->mutex);
+}
+
+void
+lhd_set_rate_limited_until(TimestampTz until)
+{
+	SpinLockAcquire(&lhd_shared->mutex);
+	lhd_shared->rate_limited_until = until;
+	SpinLockRelease(&lhd_shared->mutex);
+}
+
 void
 lhd_worker_touch(void)
 {
@@ -264,8 +334,8 @@ Datum
 worker_state(PG_FUNCTION_ARGS)
 {
 	TupleDesc	desc;
-	Datum		values[17];
-	bool		nulls[17];
+	Datum		values[22];
+	bool		nulls[22];
 	LhdShared	copy;
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
@@ -300,5 +370,15 @@ worker_state(PG_FUNCTION_ARGS)
 	values[15] = TimestampTzGetDatum(copy.last_error_at);
 	nulls[15] = copy.last_error_at == 0;
 	values[16] = BoolGetDatum(shared_is_shmem);
+	/* Added in 0.6.0; an older SQL definition simply has fewer columns. */
+	values[17] = TimestampTzGetDatum(copy.failing_since);
+	nulls[17] = copy.failing_since == 0;
+	values[18] = TimestampTzGetDatum(copy.rate_limited_until);
+	nulls[18] = copy.rate_limited_until == 0 || copy.rate_limited_until <= GetCurrentTimestamp();
+	values[19] = Int64GetDatum((int64) pg_atomic_read_u64(&lhd_shared->worker_errors));
+	values[20] = CStringGetTextDatum(copy.serving_lane);
+	nulls[20] = copy.serving_lane[0] == '\0';
+	values[21] = BoolGetDatum(copy.token_verified);
+	Assert(desc->natts <= lengthof(values));
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }

@@ -15,9 +15,34 @@
 #include "catalog/pg_type.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/json.h"
 
 #include "lhdiscord.h"
+
+/*
+ * For C functions that run SPI in the caller's session without SECURITY
+ * DEFINER (drain_outbox, prune_outbox: run by a superuser): search only
+ * pg_catalog and pg_temp until lhd_unpin_search_path, as a function's
+ * SET search_path clause would, so that an operator or function planted in
+ * a schema the application owns can never match the extension's SQL.  An
+ * ERROR restores the caller's setting with the (sub)transaction.
+ */
+int
+lhd_pin_search_path(void)
+{
+	int			nestlevel = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	return nestlevel;
+}
+
+void
+lhd_unpin_search_path(int nestlevel)
+{
+	AtEOXact_GUC(true, nestlevel);
+}
 
 SPIPlanPtr
 lhd_plan(LhdPlan *p)

@@ -12,7 +12,7 @@
  *	  convergence, so no path can leave roles behind;
  *	- user_roles_after_change: portal role changes converge in portal-leading
  *	  mode;
- *	- role_map_after_change: a changed mapping converges every active account;
+ *	- role_map_after_change: a changed mapping converges the members it can affect;
  *	- touch_updated_at: maintains updated_at.
  *
  * All of them are row triggers with WHEN clauses or statement triggers whose
@@ -145,6 +145,18 @@ field_int64(HeapTuple tuple, TupleDesc desc, const char *name)
 
 	return isnull ? 0 : DatumGetInt64(d);
 }
+
+static TimestampTz
+field_timestamptz(HeapTuple tuple, TupleDesc desc, const char *name)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tuple, desc, SPI_fnumber(desc, name), &isnull);
+
+	return isnull ? 0 : DatumGetTimestampTz(d);
+}
+
+/* An account created this long before its insert was restored from a dump. */
+#define RESTORED_AGE_USECS ((int64) 60 * USECS_PER_SEC)
 
 static bool
 text_differs(const char *a, const char *b)
@@ -356,8 +368,17 @@ accounts_after_change(PG_FUNCTION_ARGS)
 	}
 
 	SPI_connect();
-	lhd_enqueue_convergence(field_text(tuple, desc, "discord_user_id"),
-							field_int64(tuple, desc, "user_id"), reason);
+	/*
+	 * An account inserted with a creation time well before this transaction
+	 * comes from a restore (pg_restore, COPY of a dump): bulk work, like the
+	 * thousands of others restored with it.
+	 */
+	lhd_enqueue_convergence_in_lane(field_text(tuple, desc, "discord_user_id"),
+									field_int64(tuple, desc, "user_id"), reason,
+									TRIGGER_FIRED_BY_INSERT(td->tg_event) &&
+									field_timestamptz(tuple, desc, "created_at") <
+									GetCurrentTransactionStartTimestamp() - RESTORED_AGE_USECS
+									? "bulk" : "interactive");
 	SPI_finish();
 	trigger_enqueues++;
 	return PointerGetDatum(NULL);
@@ -435,15 +456,63 @@ user_roles_after_change(PG_FUNCTION_ARGS)
 }
 
 /*
- * AFTER INSERT OR UPDATE OR DELETE ON role_map FOR EACH STATEMENT: the
- * desired set of every active account may have changed.
+ * AFTER INSERT OR UPDATE OR DELETE ON role_map FOR EACH ROW: a mapping that
+ * changed queues the convergence of the members it can affect (bulk lane);
+ * a statement that changes no role id (an idempotent upsert, an UPDATE to
+ * the same value) queues nothing.  See lhd_enqueue_role_key_change.
  */
 Datum
 role_map_after_change(PG_FUNCTION_ARGS)
 {
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	TupleDesc	desc;
+	char	   *old_key = NULL,
+			   *old_id = NULL,
+			   *new_key = NULL,
+			   *new_id = NULL;
+
 	lhd_trigger_require_table(fcinfo, "role_map_after_change", "role_map", NULL);
+	if (!TRIGGER_FIRED_FOR_ROW(td->tg_event))
+	{
+		/* The statement trigger of a schema before 0.6.0: converge everyone. */
+		SPI_connect();
+		lhd_enqueue_all_convergences("Role mapping changed");
+		SPI_finish();
+		return PointerGetDatum(NULL);
+	}
+	desc = td->tg_relation->rd_att;
+	if (!TRIGGER_FIRED_BY_INSERT(td->tg_event))
+	{
+		old_key = field_text(td->tg_trigtuple, desc, "key");
+		old_id = field_text(td->tg_trigtuple, desc, "discord_role_id");
+	}
+	if (!TRIGGER_FIRED_BY_DELETE(td->tg_event))
+	{
+		HeapTuple	nt = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
+
+		new_key = field_text(nt, desc, "key");
+		new_id = field_text(nt, desc, "discord_role_id");
+	}
+	/* An empty role id is an unset key: it maps nothing. */
+	if (old_id && old_id[0] == '\0')
+		old_id = NULL;
+	if (new_id && new_id[0] == '\0')
+		new_id = NULL;
+	if (!text_differs(old_key, new_key) && !text_differs(old_id, new_id))
+		return PointerGetDatum(NULL);
+
+	/*
+	 * A key that loses its role leaves that role alone (roles not in
+	 * role_map are never touched): nothing to send.  A key mapped to a role
+	 * converges the members whose desired set may hold it; a key moved from
+	 * role O to role N also takes O off the members that hold it.
+	 */
+	if (new_key == NULL || new_id == NULL)
+		return PointerGetDatum(NULL);
 	SPI_connect();
-	lhd_enqueue_all_convergences("Role mapping changed");
+	lhd_enqueue_role_key_change(new_key,
+								old_id && !text_differs(old_key, new_key) ? old_id : NULL,
+								"Role mapping changed");
 	SPI_finish();
 	return PointerGetDatum(NULL);
 }

@@ -5,20 +5,29 @@
  *
  * Owns registration (only under shared_preload_libraries, never in binary
  * upgrade, started after recovery so never on a standby, restarted 5 s after
- * a crash) and the worker's loop: sleep on its latch until a commit that
+ * it exits) and the worker's loop: sleep on its latch until a commit that
  * queued work wakes it (a long poll is only a safety net), then drain the
  * outbox in a pipeline -- claim in a short transaction, send over HTTP with
  * no transaction open, record outcomes in another short transaction -- and
- * do housekeeping: give back jobs claimed by a process that died (crash,
- * kill -9, failover), prune finished jobs after lhdiscord.outbox_retention,
- * queue refreshes of OAuth tokens close to expiry, and run the scheduled
- * reconcile.
+ * run its schedule, on time even in a burst that never ends: give back jobs
+ * claimed by a process that died (crash, kill -9, failover), prune finished
+ * jobs after lhdiscord.outbox_retention, queue refreshes of OAuth tokens
+ * close to expiry, run the scheduled reconcile, and, once Discord answers
+ * again after an outage, make every waiting retry due at once.
  *
- * Errors inside the loop are caught (sigsetjmp, as PostgreSQL's own
- * auxiliary processes do): the transaction is aborted, the worker gives
- * back the jobs it had claimed, and it carries on after a pause, so a
- * poisonous job ends up dead after lhdiscord.max_attempts instead of
- * crash-looping the worker.
+ * Fault handling follows PostgreSQL's own background processes.  The session
+ * pins search_path to pg_catalog, pg_temp (the worker is a superuser: a
+ * planted operator must never match its SQL) and sets lock_timeout; every
+ * transaction is bounded by lhdiscord.worker_statement_timeout.  A schedule
+ * step that raises is rolled back and logged and the drain goes on; any
+ * other ERROR lands in the sigsetjmp block, which resets the error context
+ * stack, aborts the transaction (releasing SPI, snapshots, locks), frees
+ * the engine and its curl handles, flushes the error state, gives the
+ * claimed jobs back in a fresh transaction and backs off (1 s, doubling to
+ * 30 s while errors repeat).  Nothing is ever left to crash the cluster: an
+ * exit, when the postmaster or an administrator asks for one, is a clean
+ * proc_exit.  While the extension is missing or at another version the
+ * worker polls once a second and logs once.
  *
  *-------------------------------------------------------------------------
  */
@@ -33,14 +42,17 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "storage/condition_variable.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lwlock.h"
 #include "storage/pmsignal.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timeout.h"
 
 #include "lhdiscord.h"
 #include "lhd_access.h"
@@ -52,6 +64,8 @@ PGDLLEXPORT void lhdiscord_worker_main(Datum main_arg);
 #define HOUSEKEEPING_MS		10000
 #define CLAIM_CHUNK			200
 #define RECORD_EVERY_MS		20
+#define OUTAGE_PROBE_MS		2000
+#define WOKEN_EXTRA			16	/* claimed out of turn when a commit wakes a full burst */
 
 static MemoryContext worker_cxt = NULL;	/* the engine, for the process's life */
 static MemoryContext iteration_cxt = NULL;	/* reset at each loop iteration */
@@ -60,6 +74,10 @@ static LhdEngine *engine = NULL;
 static bool engine_stale = false;	/* settings changed: rebuild when idle */
 static int64 next_housekeeping = 0;
 static int64 next_reconcile = 0;	/* 0 = not scheduled yet */
+static int64 next_probe = 0;	/* of Discord, while it is failing */
+static int	consecutive_errors = 0;	/* ERRORs since the last clean iteration */
+static bool claims_to_release = false;	/* an ERROR left jobs claimed by us */
+static TimestampTz error_at = 0;	/* ... claimed before then */
 
 /* True in the worker process: its own outbox writes need no wake-up. */
 bool		lhd_am_worker = false;
@@ -94,16 +112,64 @@ in_transaction(void (*fn) (void *), void *arg)
 {
 	MemoryContext caller = CurrentMemoryContext;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	lhd_worker_xact_begin();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	fn(arg);
 	SPI_finish();
 	PopActiveSnapshot();
-	CommitTransactionCommand();
+	lhd_worker_xact_commit();
 	/* A commit leaves TopMemoryContext current: go back to the caller's. */
 	MemoryContextSwitchTo(caller);
+}
+
+/* An ERROR was recovered from: count it and show it in worker_status. */
+static void
+note_worker_error(const char *what, const char *message)
+{
+	pg_atomic_fetch_add_u64(&lhd_shared->worker_errors, 1);
+	lhd_set_last_error("worker error in %s: %s", what, message);
+}
+
+/*
+ * Run fn in its own transaction; on ERROR, log it, roll back and return
+ * false, leaving the drain (engine, claims, curl handles) untouched.  For the
+ * schedule's steps, which must not stop the outbox when they fail (a
+ * deadlock with the application, a statement timeout).
+ */
+static bool
+protected_unit(void (*fn) (void *), void *arg, const char *what)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	volatile bool ok = true;
+
+	PG_TRY();
+	{
+		in_transaction(fn, arg);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		/* PG_CATCH restored error_context_stack; clean up the rest. */
+		HOLD_INTERRUPTS();
+		MemoryContextSwitchTo(worker_cxt);
+		edata = CopyErrorData();
+		EmitErrorReport();
+		AbortOutOfAnyTransaction();
+		disable_timeout(STATEMENT_TIMEOUT, false);
+		MemoryContextSwitchTo(worker_cxt);
+		FlushErrorState();
+		note_worker_error(what, edata->message);
+		ereport(LOG,
+				(errmsg("lhdiscord worker: %s failed and was rolled back; it runs again later", what)));
+		FreeErrorData(edata);
+		RESUME_INTERRUPTS();
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(caller);
+	return ok;
 }
 
 /* ---------- is the extension there, at our version? ---------- */
@@ -114,7 +180,8 @@ static void
 check_extension(void *arg)
 {
 	static LhdPlan plan = {
-		.sql = "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'lhdiscord'",
+		.sql = "SELECT e.extversion FROM pg_catalog.pg_extension e "
+		"WHERE e.extname OPERATOR(pg_catalog.=) 'lhdiscord'::pg_catalog.name",
 		.nargs = 0
 	};
 	char	   *version = arg;		/* NAMEDATALEN bytes; "" = not installed */
@@ -127,11 +194,13 @@ check_extension(void *arg)
 /*
  * Is the extension installed here, at the library's version?  Once it is,
  * trust that for a housekeeping interval (an error in between resets it).
+ * Each state is logged once, when it begins.
  */
 static bool
 extension_ready(void)
 {
-	static char reported[NAMEDATALEN];	/* version last logged, or "" */
+	/* The state last logged: a version, "" (not installed), "?" (ready). */
+	static char reported[NAMEDATALEN + 1] = "?";
 	char		version[NAMEDATALEN];
 
 	if (lhd_now_ms() < ext_checked_until)
@@ -139,22 +208,28 @@ extension_ready(void)
 	in_transaction(check_extension, version);
 	if (strcmp(version, LHD_VERSION) == 0)
 	{
-		reported[0] = '\0';
+		strlcpy(reported, "?", sizeof(reported));
 		ext_checked_until = lhd_now_ms() + HOUSEKEEPING_MS;
 		return true;
 	}
-	if (version[0] != '\0' && strcmp(reported, version) != 0)
+	if (strcmp(reported, version) != 0)
 	{
-		ereport(LOG,
-				(errmsg("lhdiscord worker: database \"%s\" has lhdiscord %s but the library is %s; waiting",
-						lhd_database, version, LHD_VERSION),
-				 errhint("Run ALTER EXTENSION lhdiscord UPDATE in that database.")));
-		strlcpy(reported, version, NAMEDATALEN);
+		if (version[0] == '\0')
+			ereport(LOG,
+					(errmsg("lhdiscord worker: extension lhdiscord is not installed in database \"%s\"; waiting",
+							lhd_database),
+					 errhint("Run CREATE EXTENSION lhdiscord in that database, or set lhdiscord.database.")));
+		else
+			ereport(LOG,
+					(errmsg("lhdiscord worker: database \"%s\" has lhdiscord %s but the library is %s; waiting",
+							lhd_database, version, LHD_VERSION),
+					 errhint("Run ALTER EXTENSION lhdiscord UPDATE in that database.")));
+		strlcpy(reported, version, sizeof(reported));
 	}
 	return false;
 }
 
-/* ---------- housekeeping ---------- */
+/* ---------- the schedule ---------- */
 
 static void
 housekeeping(void *arg)
@@ -167,7 +242,7 @@ housekeeping(void *arg)
 		 */
 		.sql = "UPDATE lhdiscord.outbox o SET state = 'pending', run_after = now(), claimed_by = NULL, "
 		"       updated_at = now(), last_error = 'claimer ended before finishing' "
-		"WHERE state = 'in_flight' AND NOT EXISTS ("
+		"WHERE o.state = 'in_flight'::lhdiscord.outbox_state AND NOT EXISTS ("
 		"  SELECT 1 FROM pg_catalog.pg_stat_activity a "
 		"   WHERE a.pid = o.claimed_by AND a.backend_start <= o.claimed_at)",
 		.nargs = 0,
@@ -183,25 +258,75 @@ housekeeping(void *arg)
 	lhd_queue_token_refreshes();
 }
 
+/* Give back the jobs this process claimed before the ERROR at *arg. */
 static void
 release_own_claims(void *arg)
 {
 	static LhdPlan plan = {
 		.sql = "UPDATE lhdiscord.outbox SET state = 'pending', run_after = now() + interval '1 second', "
 		"       claimed_by = NULL, updated_at = now() "
-		"WHERE state = 'in_flight' AND claimed_by = pg_backend_pid()",
-		.nargs = 0
+		"WHERE state = 'in_flight'::lhdiscord.outbox_state AND claimed_by = pg_backend_pid() "
+		"  AND claimed_at <= $1",
+		.nargs = 1,
+		.argtypes = {TIMESTAMPTZOID}
 	};
+	Datum		values[1] = {TimestampTzGetDatum(*(TimestampTz *) arg)};
 
-	lhd_exec(&plan, NULL, NULL, false, 0);
+	lhd_exec(&plan, values, NULL, false, 0);
 }
 
+/*
+ * Make jobs waiting for a retry due now; *arg is how many at most, those
+ * that wait longest first (0: all).  All of them once Discord answers again
+ * after failing, so the backlog drains at the rate limit, not at the pace of
+ * its backoff timers.  One of them every OUTAGE_PROBE_MS while it fails: all
+ * jobs may be waiting out a long backoff, and nothing would notice Discord
+ * coming back until the first of them is due.
+ */
+static void
+retries_due_now(void *arg)
+{
+	static LhdPlan plan = {
+		.sql = "UPDATE lhdiscord.outbox o SET run_after = now() "
+		"WHERE o.id IN (SELECT w.id FROM lhdiscord.outbox w "
+		"                WHERE w.state = 'pending'::lhdiscord.outbox_state AND w.attempts > 0 "
+		"                  AND w.run_after > now() + interval '100 milliseconds' "
+		"                ORDER BY w.run_after DESC LIMIT $1 FOR UPDATE SKIP LOCKED)",
+		.nargs = 1,
+		.argtypes = {INT4OID},
+		.options = LHD_PLAN_FRESH
+	};
+	int			most = *(int *) arg;
+	Datum		values[1] = {Int32GetDatum(most)};
+	char		nulls[1] = {most > 0 ? ' ' : 'n'};
+	int			n = lhd_exec(&plan, values, nulls, false, 0);
+
+	if (n > 0 && most == 0)
+		ereport(LOG,
+				(errmsg("lhdiscord worker: Discord answers again; %d job(s) waiting for a retry are due now", n)));
+}
+
+/*
+ * Milliseconds until the next job that could be claimed is due (<= 0: one
+ * is due now), or -1 when none is pending.  Jobs the claim would skip (a
+ * recipient's later DMs, roles waiting for a guild join) do not count: their
+ * blocker does.
+ */
 static void
 next_due(void *arg)
 {
 	static LhdPlan plan = {
-		.sql = "SELECT (extract(epoch FROM min(run_after) - clock_timestamp()) * 1000)::bigint "
-		"FROM lhdiscord.outbox WHERE state = 'pending'",
+		.sql = "SELECT (extract(epoch FROM min(j.run_after) - clock_timestamp()) * 1000)::bigint "
+		"FROM lhdiscord.outbox j WHERE j.state = 'pending'::lhdiscord.outbox_state "
+		"  AND (j.kind <> 'dm'::lhdiscord.outbox_kind OR NOT EXISTS ("
+		"       SELECT 1 FROM lhdiscord.outbox p "
+		"        WHERE p.kind = 'dm'::lhdiscord.outbox_kind AND p.discord_user_id = j.discord_user_id "
+		"          AND (p.state = 'in_flight'::lhdiscord.outbox_state "
+		"               OR (p.state = 'pending'::lhdiscord.outbox_state AND p.id < j.id)))) "
+		"  AND (j.kind <> 'roles'::lhdiscord.outbox_kind OR NOT EXISTS ("
+		"       SELECT 1 FROM lhdiscord.outbox g "
+		"        WHERE g.kind = 'guild_join'::lhdiscord.outbox_kind AND g.discord_user_id = j.discord_user_id "
+		"          AND g.state IN ('pending'::lhdiscord.outbox_state, 'in_flight'::lhdiscord.outbox_state)))",
 		.nargs = 0,
 		.options = LHD_PLAN_FRESH
 	};
@@ -211,10 +336,8 @@ next_due(void *arg)
 
 	lhd_exec(&plan, NULL, NULL, true, 1);
 	d = lhd_getattr(0, 1, &isnull);
-	*ms = isnull ? -1 : DatumGetInt64(d);
+	*ms = isnull ? -1 : Max(DatumGetInt64(d), 0);
 }
-
-/* ---------- scheduled reconcile ---------- */
 
 static void
 do_reconcile(void *arg)
@@ -228,33 +351,97 @@ do_reconcile(void *arg)
 }
 
 static void
-maybe_reconcile(void)
+run_reconcile(const char *why)
+{
+	pgstat_report_activity(STATE_RUNNING, psprintf("lhdiscord: reconcile (%s)", why));
+	if (!protected_unit(do_reconcile, (void *) why, "reconcile"))
+	{
+		/* A deadlock or timeout: try again soon, not a whole interval later. */
+		next_reconcile = lhd_now_ms() + Min((int64) Max(lhd_reconcile_interval, 1) * 1000, 5000);
+		return;
+	}
+	next_reconcile = lhd_reconcile_interval > 0
+		? lhd_now_ms() + (int64) lhd_reconcile_interval * 1000 : 0;
+}
+
+/*
+ * Whatever of the schedule is due: housekeeping, reconcile (after a member
+ * scan, or every lhdiscord.reconcile_interval), and retries made due when
+ * Discord is back.  Called between bursts and on every pass of a burst, so
+ * an endless burst never starves it.  Returns true when it queued or freed
+ * work.
+ */
+static bool
+run_schedule(void)
 {
 	int64		now = lhd_now_ms();
+	bool		more = false;
 
+	if (now >= next_housekeeping)
+	{
+		pgstat_report_activity(STATE_RUNNING, "lhdiscord: housekeeping");
+		(void) protected_unit(housekeeping, NULL, "housekeeping");
+		next_housekeeping = lhd_now_ms() + HOUSEKEEPING_MS;
+		more = true;
+	}
+	if (lhd_discord_failing() && now >= next_probe)
+	{
+		int			one = 1;
+
+		(void) protected_unit(retries_due_now, &one, "probing Discord");
+		next_probe = now + OUTAGE_PROBE_MS;
+		more = true;
+	}
+	if (claims_to_release)
+		claims_to_release = !protected_unit(release_own_claims, &error_at, "giving back claimed jobs");
+	if (lhd_take_recovered())
+	{
+		int			all = 0;
+
+		(void) protected_unit(retries_due_now, &all, "making retries due");
+		more = true;
+	}
 	if (engine != NULL && engine->reconcile_requested)
 	{
 		engine->reconcile_requested = false;
-		pgstat_report_activity(STATE_RUNNING, "lhdiscord: reconcile after a member scan");
-		in_transaction(do_reconcile, "after a member scan");
+		run_reconcile("after a member scan");
+		more = true;
 	}
 	if (lhd_reconcile_interval <= 0)
-	{
 		next_reconcile = 0;
-		return;
-	}
 	/* A reload that shortens the interval takes effect now, not after the old one. */
-	if (next_reconcile == 0 || next_reconcile > now + (int64) lhd_reconcile_interval * 1000)
+	else if (next_reconcile == 0 || next_reconcile > now + (int64) lhd_reconcile_interval * 1000)
 		next_reconcile = now + (int64) lhd_reconcile_interval * 1000;
 	else if (now >= next_reconcile)
 	{
-		pgstat_report_activity(STATE_RUNNING, "lhdiscord: scheduled reconcile");
-		in_transaction(do_reconcile, "scheduled");
-		next_reconcile = lhd_now_ms() + (int64) lhd_reconcile_interval * 1000;
+		run_reconcile("scheduled");
+		more = true;
 	}
+	return more;
 }
 
-/* ---------- the loop ---------- */
+/* ---------- settings and state ---------- */
+
+/* The worker session's own settings; again after every reload. */
+static void
+apply_session_settings(void)
+{
+	char		buf[32];
+
+	/* A superuser session: no schema the application owns is searched. */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+	snprintf(buf, sizeof(buf), "%d", lhd_worker_lock_timeout);
+	SetConfigOption("lock_timeout", buf, PGC_SUSET, PGC_S_OVERRIDE);
+	/*
+	 * The worker's own transactions (claims, outcomes) commit asynchronously:
+	 * a claim lost in a crash leaves its job pending, an outcome lost leaves
+	 * it claimed by a dead process and it is reclaimed; either way the job is
+	 * sent again, and every job is idempotent (role calls set state; DMs carry
+	 * their nonce, and their progress is flushed before the next part).  The
+	 * application's own commits are untouched.
+	 */
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+}
 
 static void
 handle_reload(void)
@@ -263,32 +450,50 @@ handle_reload(void)
 		return;
 	ConfigReloadPending = false;
 	ProcessConfigFile(PGC_SIGHUP);
+	apply_session_settings();
 	ext_checked_until = 0;
 	if (lhd_is_paused())
 		ereport(LOG, (errmsg("lhdiscord worker: configuration reloaded, sending resumes")));
 	lhd_set_paused(false, NULL);
+	/* The operator says go on: end a 429's wait (it was capped anyway). */
+	if (lhd_http_global_wait_ms() > 0)
+		ereport(LOG, (errmsg("lhdiscord worker: configuration reloaded, the rate-limit wait ends")));
+	lhd_http_clear_waits();
 	engine_stale = true;
+}
+
+/* Sleep until woken or ms have passed; interrupts (SIGTERM) are served. */
+static void
+wait_latch(int64 ms)
+{
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 (long) Max(ms, 1), PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
 }
 
 static void
 idle_wait(int64 ms)
 {
 	pgstat_report_activity(STATE_IDLE, NULL);
-	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-					 (long) Max(ms, 1), PG_WAIT_EXTENSION);
-	ResetLatch(MyLatch);
+	wait_latch(ms);
 }
 
-/* Invalid-request count and activity time, for lhdiscord.worker_status. */
+/* Invalid-request count, 429 wait and activity time, for worker_status. */
 static void
 publish_state(void)
 {
-	bool		throttled;
-	int			invalid = lhd_http_invalid_count(engine, &throttled);
+	bool		throttled = false;
+	int			invalid = engine ? lhd_http_invalid_count(engine, &throttled) : 0;
+	int64		wait_ms = lhd_http_global_wait_ms();
 
 	lhd_set_invalid_count(invalid, throttled);
+	lhd_set_rate_limited_until(wait_ms > 0
+							   ? TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_ms) : 0);
 	lhd_worker_touch();
 }
+
+/* ---------- the drain ---------- */
 
 /* Drain until there is nothing due: the pipeline keeps HTTP busy. */
 static void
@@ -297,6 +502,7 @@ run_burst(void)
 	MemoryContext caller = CurrentMemoryContext;
 	int			max_active = Max(lhd_max_concurrency * 4, 64);
 	bool		exhausted = false;
+	bool		woken = false;	/* a commit queued work during the burst */
 	int64		last_record = lhd_now_ms();
 	int64		last_publish = 0;
 
@@ -315,7 +521,7 @@ run_burst(void)
 	pgstat_report_activity(STATE_RUNNING, "lhdiscord: draining the outbox");
 	for (;;)
 	{
-		int			room = max_active - list_length(engine->active);
+		int			room = max_active - list_length(engine->active) - list_length(engine->held);
 
 		/*
 		 * What a pass allocates outside the engine's and the tasks' contexts
@@ -328,28 +534,47 @@ run_burst(void)
 		if (!PostmasterIsAlive())
 			proc_exit(1);
 		handle_reload();
+
+		/* The schedule runs on time however long the burst lasts. */
+		if (run_schedule())
+		{
+			exhausted = false;
+			pgstat_report_activity(STATE_RUNNING, "lhdiscord: draining the outbox");
+			MemoryContextSwitchTo(burst_cxt);
+		}
+
 		/*
 		 * Claim in batches: refill once half the pipeline has drained (or
 		 * at once when it is empty), so that each claim's fixed cost (plan,
-		 * claim statement, inputs, commit) is shared by many jobs.
-		 */
-		/*
-		 * After a reload, claim nothing more: the burst drains what it holds
-		 * and ends, and the next one starts with an engine built from the
-		 * new settings (guild_id, api_mode), however busy the outbox is.
+		 * claim statement, inputs, commit) is shared by many jobs.  After a
+		 * reload, claim nothing more: the burst drains what it holds and
+		 * ends, and the next one starts with an engine built from the new
+		 * settings (guild_id, api_mode), however busy the outbox is.
 		 */
 		if (!exhausted && !engine_stale && room >= max_active / 2 && !lhd_is_paused())
 		{
 			int			want = Min(room, CLAIM_CHUNK);
 
-			if (lhd_engine_claim(engine, want) < want)
+			if (lhd_engine_claim(engine, want, false) < want)
 				exhausted = true;
 		}
-		if (engine->active == NIL && engine->finished == NIL)
+		/*
+		 * A commit queued work while the pipeline is full (of bulk work,
+		 * say): claim its urgent and interactive jobs out of turn, so that
+		 * a brig strip starts now instead of after half the pipeline has
+		 * drained.  Bulk work is never claimed out of turn.
+		 */
+		else if (woken && !engine_stale && room > -max_active && !lhd_is_paused())
+			(void) lhd_engine_claim(engine, WOKEN_EXTRA, true);
+		if (woken)
+			lhd_engine_check_superseded(engine);
+		woken = false;
+		if (engine->active == NIL && engine->finished == NIL && engine->held == NIL)
 			break;
 		if (engine->ready != NIL || engine->inflight > 0)
 			lhd_engine_transport(engine, 5);
 		lhd_engine_dispatch(engine);
+		lhd_engine_checkpoint(engine);
 		lhd_engine_check_stalled(engine);
 		if (engine->finished != NIL &&
 			(list_length(engine->finished) >= 100 || engine->active == NIL ||
@@ -358,11 +583,20 @@ run_burst(void)
 			lhd_engine_record(engine);
 			last_record = lhd_now_ms();
 		}
+		/* Only outcomes whose rows someone else holds: wait a little. */
+		if (engine->active == NIL && engine->held == NIL && engine->ready == NIL &&
+			engine->inflight == 0 && engine->finished != NIL &&
+			lhd_now_ms() < engine->record_blocked_until)
+		{
+			wait_latch(engine->record_blocked_until - lhd_now_ms());
+			exhausted = false;
+		}
 		/* A commit queued more work while we were busy, or a job came back. */
 		if (MyLatch->is_set)
 		{
 			ResetLatch(MyLatch);
 			exhausted = false;
+			woken = true;
 		}
 		if (engine->requeued)
 		{
@@ -391,67 +625,95 @@ worker_iteration(void)
 	handle_reload();
 	if (!extension_ready())
 	{
-		idle_wait((int64) lhd_poll_interval * 1000);
+		/* Poll often: ALTER EXTENSION ... UPDATE should not wait a minute. */
+		idle_wait(1000);
 		return;
 	}
-	if (lhd_now_ms() >= next_housekeeping)
-	{
-		in_transaction(housekeeping, NULL);
-		next_housekeeping = lhd_now_ms() + HOUSEKEEPING_MS;
-	}
+	(void) run_schedule();
 	run_burst();
-	maybe_reconcile();
 
 	sleep_ms = (int64) lhd_poll_interval * 1000;
 	if (next_reconcile > 0)
 		sleep_ms = Min(sleep_ms, Max(next_reconcile - lhd_now_ms(), 0));
+	sleep_ms = Min(sleep_ms, Max(next_housekeeping - lhd_now_ms(), 0));
+	if (lhd_discord_failing())
+		sleep_ms = Min(sleep_ms, Max(next_probe - lhd_now_ms(), 0));
 	if (!lhd_is_paused())
 	{
-		in_transaction(next_due, &due);
+		if (!protected_unit(next_due, &due, "computing the next due job"))
+			due = 1000;
 		if (due >= 0)
 			sleep_ms = Min(sleep_ms, due);
 	}
-	sleep_ms = Min(sleep_ms, Max(next_housekeeping - lhd_now_ms(), 0));
-	if (due == 0 && !lhd_is_paused())
+	/* A 429 wait that is pending: sleep it out rather than spin. */
+	sleep_ms = Max(sleep_ms, Min(lhd_http_global_wait_ms(), (int64) lhd_poll_interval * 1000));
+	consecutive_errors = 0;
+	if (sleep_ms <= 0)
 		return;					/* something is due right now */
 	idle_wait(sleep_ms);
 }
 
-/* After an ERROR: clean up, give our jobs back, pause briefly, carry on. */
+/*
+ * After an ERROR that escaped a unit (the sigsetjmp block): clean up as
+ * PostgreSQL's own background processes do, give our jobs back, back off,
+ * carry on.
+ */
 static void
 recover_from_error(void)
 {
 	ErrorData  *edata;
+	int64		backoff;
 
+	/* Not PG_TRY: the error context stack must be reset by hand. */
+	error_context_stack = NULL;
 	HOLD_INTERRUPTS();
+	/* Forget a pending statement timeout or cancel. */
+	disable_all_timeouts(false);
+	QueryCancelPending = false;
 	MemoryContextSwitchTo(worker_cxt);
 	edata = CopyErrorData();
 	EmitErrorReport();
+	/* Releases SPI, snapshots, locks, buffer pins and the resource owner. */
 	AbortOutOfAnyTransaction();
+	LWLockReleaseAll();
+	ConditionVariableCancelSleep();
+	pgstat_report_wait_end();
+	MemoryContextSwitchTo(worker_cxt);
 	FlushErrorState();
+
+	/* The engine's reset callback closes its curl handles. */
 	if (engine != NULL)
 	{
 		MemoryContextDelete(engine->cxt);
 		engine = NULL;
 	}
-	lhd_set_last_error("worker error: %s", edata->message);
+	MemoryContextReset(burst_cxt);
+	MemoryContextReset(iteration_cxt);
+	note_worker_error("the outbox drain", edata->message);
 	FreeErrorData(edata);
 	ext_checked_until = 0;		/* the extension may be gone: check again */
+	consecutive_errors++;
+	backoff = Min((int64) 1000 << Min(consecutive_errors - 1, 5), 30000);
+	ereport(LOG,
+			(errmsg("lhdiscord worker: recovered from an error; its jobs are queued again and it resumes in " INT64_FORMAT " ms",
+					backoff)));
 	RESUME_INTERRUPTS();
 
-	/* The extension may be gone; then this fails too and we retry later. */
-	PG_TRY();
+	/*
+	 * The extension may be gone, or a row locked: then this fails too, is
+	 * logged, and the schedule tries again.
+	 */
+	error_at = GetCurrentTimestamp();
+	claims_to_release = !protected_unit(release_own_claims, &error_at, "giving back claimed jobs");
+
+	/* Back off, still serving SIGTERM, reloads and postmaster death. */
 	{
-		in_transaction(release_own_claims, NULL);
+		int64		until = lhd_now_ms() + backoff;
+
+		pgstat_report_activity(STATE_IDLE, "lhdiscord: backing off after an error");
+		while (lhd_now_ms() < until)
+			wait_latch(until - lhd_now_ms());
 	}
-	PG_CATCH();
-	{
-		MemoryContextSwitchTo(worker_cxt);
-		AbortOutOfAnyTransaction();
-		FlushErrorState();
-	}
-	PG_END_TRY();
-	idle_wait(1000);
 }
 
 void
@@ -474,14 +736,7 @@ lhdiscord_worker_main(Datum main_arg)
 									  ALLOCSET_DEFAULT_SIZES);
 	MemoryContextSwitchTo(worker_cxt);
 
-	/*
-	 * The worker's own transactions (claims, outcomes) commit asynchronously:
-	 * a claim lost in a crash leaves its job pending, an outcome lost leaves
-	 * it claimed by a dead process and it is reclaimed; either way the job is
-	 * sent again, and every job is idempotent (role calls set state; DMs carry
-	 * their nonce).  The application's own commits are untouched.
-	 */
-	SetConfigOption("synchronous_commit", "off", PGC_USERSET, PGC_S_OVERRIDE);
+	apply_session_settings();
 	lhd_worker_register(MyLatch);
 	before_shmem_exit(worker_unregister, (Datum) 0);
 	ereport(LOG,

@@ -42,12 +42,15 @@ my $seq = mock_get('/_mock/requests?since=0')->{last_seq};
 my $t0 = time();
 $node->safe_psql('postgres',
 	q{SELECT lhdiscord.link_account(1, '200000000000000001', 'alice_d')});
-ok(wait_for(sub { scalar(@{ mock_requests($seq) }) >= 3 }, 10, 'convergence'),
+ok(wait_for(sub { scalar(@{ mock_requests($seq) }) >= 4 }, 10, 'convergence'),
 	'link converged on the mock');
 my $elapsed = time() - $t0;
 cmp_ok($elapsed, '<', 5, "commit reached Discord in ${elapsed}s (poll interval is 1 h)");
 
-my @reqs = @{ mock_requests($seq) };
+my @all = @{ mock_requests($seq) };
+is("$all[0]{method} $all[0]{path}", 'GET /api/v10/users/@me',
+	'the first request after start is the token probe');
+my @reqs = @all[ 1 .. $#all ];
 is_deeply([ map { "$_->{method} $_->{path}" } @reqs ],
 	[
 		'GET /api/v10/guilds/100000000000000001/members/200000000000000001',
@@ -99,8 +102,8 @@ my $stats = $node->safe_psql('postgres',
 is($stats, "roles|done|2", 'outbox_stats: queue depth by kind and state');
 my ($calls, $ok2xx, $r429, $paused) = split /\|/, $node->safe_psql('postgres',
 	'SELECT calls, responses_2xx, rate_limited, paused FROM lhdiscord.worker_status');
-is($calls, 5, 'worker_status counts calls');
-is($ok2xx, 5, 'worker_status counts 2xx responses');
+is($calls, 6, 'worker_status counts calls (the probe, 3 to link, 2 to promote)');
+is($ok2xx, 6, 'worker_status counts 2xx responses');
 is($r429, 0, 'no 429s');
 is($paused, 'f', 'not paused');
 
@@ -117,7 +120,11 @@ ok(wait_for(sub { scalar(@{ mock_get('/_mock/messages') }) == 2 }, 10), 'DM deli
 my $msgs = mock_get('/_mock/messages');
 is(length($msgs->[0]{content}), 1500, 'first part breaks at the newline');
 is(length($msgs->[1]{content}), 1500, 'second part is the rest');
-like($msgs->[0]{nonce}, qr/^\d+-0$/, 'part 0 has a nonce derived from the job');
+my $jobnonce = $node->safe_psql('postgres', "SELECT nonce FROM lhdiscord.outbox WHERE kind = 'dm'");
+like($jobnonce, qr/^[0-9a-f]{20}$/, 'the DM job has a random 20-hex nonce');
+is($msgs->[0]{nonce}, "$jobnonce-0", 'part 0 is posted with the job nonce and part number');
+is($msgs->[1]{nonce}, "$jobnonce-1", 'part 1 likewise');
+cmp_ok(length($msgs->[1]{nonce}), '<=', 25, 'within the 25 characters Discord takes');
 my @dm = grep { $_->{path} =~ m{/messages$} } @{ mock_requests($seq) };
 is($dm[0]{body}{enforce_nonce}, JSON::PP::true, 'enforce_nonce: true');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM lhdiscord.dm_channels'), '1', 'DM channel cached');

@@ -1,6 +1,7 @@
 # Failure classes: DMs closed (50007), unknown member (10007), unknown role
 # (10011) and missing permissions (50013) fail after one attempt with a
-# warning; 5xx and timeouts retry with backoff; retries run out into dead; a
+# warning; 5xx and timeouts retry with backoff; a DM gives up once older
+# than job_max_age, a role convergence never; a
 # DM whose response is lost is retried with the same nonce and delivered once.
 use strict;
 use warnings;
@@ -82,12 +83,30 @@ ok(settled($q, $id), 'timeout settled');
 like(job_state($q, $id), qr/^done\|[23]$/, 'a timeout is retried, then done');
 cmp_ok($q->('SELECT transport_errors FROM lhdiscord.worker_status'), '>=', 1, 'transport error counted');
 
-# Retries run out: dead after max_attempts.
+# A DM that keeps failing is not dead after max_attempts: it gives up only
+# once older than lhdiscord.job_max_age.
 mock_post('/_mock/faults', { method => 'POST', path => '/messages$', status => 502, count => -1 });
 $id = dm($q, '700000000000000002', 'never arrives');
-ok(wait_for(sub { $q->("SELECT state FROM lhdiscord.outbox WHERE id = $id") eq 'dead' }, 30), 'dead');
-is(job_state($q, $id), 'dead|3', 'dead after lhdiscord.max_attempts attempts');
+ok(wait_for(sub { $q->("SELECT attempts FROM lhdiscord.outbox WHERE id = $id") > 4 }, 30),
+	'the DM is retried past lhdiscord.max_attempts (3)');
+is($q->("SELECT state FROM lhdiscord.outbox WHERE id = $id"), 'pending', 'and is still pending, not dead');
+$q->("UPDATE lhdiscord.outbox SET created_at = now() - interval '2 days' WHERE id = $id");
+ok(wait_for(sub { $q->("SELECT state FROM lhdiscord.outbox WHERE id = $id") eq 'dead' }, 30),
+	'dead once older than lhdiscord.job_max_age');
+like($q->("SELECT last_error FROM lhdiscord.outbox WHERE id = $id"), qr/HTTP 502/, 'last_error keeps the 502');
+
+# A role convergence is never abandoned on transient failures.
+mock_post('/_mock/faults', { path => '/roles/', status => 502, count => -1 });
+$q->(q{UPDATE lhdiscord.users SET in_brig = true WHERE user_id = 3});
+$id = $q->("SELECT id FROM lhdiscord.outbox WHERE discord_user_id = '700000000000000005' AND state IN ('pending', 'in_flight')");
+ok(wait_for(sub { $q->("SELECT attempts FROM lhdiscord.outbox WHERE id = $id") > 4 }, 30),
+	'the convergence is retried past lhdiscord.max_attempts');
+$q->("UPDATE lhdiscord.outbox SET created_at = now() - interval '30 days' WHERE id = $id");
+ok(wait_for(sub { $q->("SELECT attempts FROM lhdiscord.outbox WHERE id = $id") > 6 }, 30), 'and again, however old');
+isnt($q->("SELECT state FROM lhdiscord.outbox WHERE id = $id"), 'dead', 'never dead');
 mock_delete('/_mock/faults');
+ok(settled($q, $id), 'converged once Discord answers');
+is($q->("SELECT state FROM lhdiscord.outbox WHERE id = $id"), 'done', 'done');
 
 # A DM whose response is lost: Discord created the message, we saw a 500.
 # The retry carries the same nonce, so Discord returns the original message.
