@@ -3,6 +3,145 @@
 
 \echo Use "ALTER EXTENSION lhdiscord UPDATE TO '0.6.0'" to load this file. \quit
 
+-- ---------- worker faults (issue 11) ----------
+
+-- DM nonces: a random value fixed when the job is queued, so that nonces
+-- stay unique across failovers (job ids reissued), restores and databases.
+ALTER TABLE lhdiscord.outbox
+  ADD COLUMN nonce text NOT NULL DEFAULT substr(md5(gen_random_uuid()::text), 1, 20)
+  CHECK (nonce ~ '^[0-9a-f]{20}$');
+COMMENT ON COLUMN lhdiscord.outbox.nonce IS
+  'Random value fixed when the job is queued; a DM part is posted with nonce <nonce>-<part>, so retries never deliver twice and no two jobs share a nonce.';
+
+-- worker_status: how long Discord has been failing, a pending 429 wait, and
+-- the ERRORs the worker recovered from.
+DROP VIEW lhdiscord.worker_status;
+DROP FUNCTION lhdiscord.worker_state();
+CREATE FUNCTION lhdiscord.worker_state(
+    OUT running boolean, OUT pid integer, OUT started_at timestamptz,
+    OUT last_activity_at timestamptz, OUT paused boolean, OUT pause_reason text,
+    OUT calls bigint, OUT responses_2xx bigint, OUT responses_4xx bigint,
+    OUT responses_5xx bigint, OUT rate_limited bigint, OUT transport_errors bigint,
+    OUT invalid_requests_10min integer, OUT throttled boolean,
+    OUT last_error text, OUT last_error_at timestamptz, OUT preloaded boolean,
+    OUT discord_failing_since timestamptz, OUT rate_limited_until timestamptz,
+    OUT worker_errors bigint, OUT serving_lane text, OUT token_verified boolean)
+  LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'worker_state';
+COMMENT ON FUNCTION lhdiscord.worker_state() IS
+  'Worker and Discord client state from shared memory; read it through lhdiscord.worker_status.';
+REVOKE ALL ON FUNCTION lhdiscord.worker_state() FROM PUBLIC;
+
+CREATE VIEW lhdiscord.worker_status AS
+  SELECT w.running, w.pid, w.started_at, w.last_activity_at, w.preloaded,
+         current_setting('lhdiscord.database') AS database,
+         current_setting('lhdiscord.api_mode') AS api_mode,
+         w.paused, w.pause_reason,
+         w.calls, w.responses_2xx, w.responses_4xx, w.responses_5xx,
+         w.rate_limited, w.transport_errors, w.invalid_requests_10min, w.throttled,
+         w.last_error, w.last_error_at,
+         (SELECT count(*) FROM lhdiscord.outbox WHERE state = 'pending') AS pending_jobs,
+         (SELECT count(*) FROM lhdiscord.outbox WHERE state = 'in_flight') AS in_flight_jobs,
+         (SELECT now() - min(created_at) FROM lhdiscord.outbox WHERE state = 'pending') AS oldest_pending_age,
+         w.discord_failing_since,
+         now() - w.discord_failing_since AS discord_failing_for,
+         w.rate_limited_until,
+         w.worker_errors,
+         w.serving_lane,
+         w.token_verified
+    FROM lhdiscord.worker_state() w;
+COMMENT ON VIEW lhdiscord.worker_status IS
+  'The background worker: running or not, paused (401), calls, responses, 429s and their wait, invalid-request count, Discord outage, recovered errors, last error, queue depth.';
+COMMENT ON COLUMN lhdiscord.worker_status.running IS 'A worker process is registered.';
+COMMENT ON COLUMN lhdiscord.worker_status.pid IS 'Its process id.';
+COMMENT ON COLUMN lhdiscord.worker_status.started_at IS 'When it started.';
+COMMENT ON COLUMN lhdiscord.worker_status.last_activity_at IS 'Its last drain or schedule step.';
+COMMENT ON COLUMN lhdiscord.worker_status.preloaded IS 'The library is in shared_preload_libraries (state is shared).';
+COMMENT ON COLUMN lhdiscord.worker_status.database IS 'lhdiscord.database, the database the worker serves.';
+COMMENT ON COLUMN lhdiscord.worker_status.api_mode IS 'lhdiscord.api_mode: live or fake.';
+COMMENT ON COLUMN lhdiscord.worker_status.paused IS 'Sending is paused (Discord answered 401, or no bot token) until a reload.';
+COMMENT ON COLUMN lhdiscord.worker_status.pause_reason IS 'Why sending is paused.';
+COMMENT ON COLUMN lhdiscord.worker_status.calls IS 'Discord requests sent since the server started.';
+COMMENT ON COLUMN lhdiscord.worker_status.responses_2xx IS 'Responses with a 2xx status.';
+COMMENT ON COLUMN lhdiscord.worker_status.responses_4xx IS 'Responses with a 4xx status.';
+COMMENT ON COLUMN lhdiscord.worker_status.responses_5xx IS 'Responses with a 5xx status.';
+COMMENT ON COLUMN lhdiscord.worker_status.rate_limited IS '429 responses.';
+COMMENT ON COLUMN lhdiscord.worker_status.transport_errors IS 'Requests that got no response (timeout, connection error, response too large).';
+COMMENT ON COLUMN lhdiscord.worker_status.invalid_requests_10min IS '401, 403 and 429 responses in the last 10 minutes (Discord bans at 10,000).';
+COMMENT ON COLUMN lhdiscord.worker_status.throttled IS 'Slowed to one request a second, far from the invalid-request ban.';
+COMMENT ON COLUMN lhdiscord.worker_status.last_error IS 'The last Discord or worker error (never a secret).';
+COMMENT ON COLUMN lhdiscord.worker_status.last_error_at IS 'When it happened.';
+COMMENT ON COLUMN lhdiscord.worker_status.pending_jobs IS 'Outbox jobs pending.';
+COMMENT ON COLUMN lhdiscord.worker_status.in_flight_jobs IS 'Outbox jobs claimed and running.';
+COMMENT ON COLUMN lhdiscord.worker_status.oldest_pending_age IS 'Age of the oldest pending job.';
+COMMENT ON COLUMN lhdiscord.worker_status.discord_failing_since IS 'Start of the current run of Discord failures (5xx, timeouts, connection errors); NULL while Discord answers.';
+COMMENT ON COLUMN lhdiscord.worker_status.discord_failing_for IS 'How long Discord has been failing.';
+COMMENT ON COLUMN lhdiscord.worker_status.rate_limited_until IS 'End of a pending global 429 wait (capped by lhdiscord.rate_limit_max_wait; a reload ends it); NULL if none.';
+COMMENT ON COLUMN lhdiscord.worker_status.worker_errors IS 'ERRORs the worker recovered from since the server started (it never crashes on one).';
+COMMENT ON COLUMN lhdiscord.worker_status.serving_lane IS 'The highest lane of the jobs the worker claimed last: urgent, interactive or bulk.';
+COMMENT ON COLUMN lhdiscord.worker_status.token_verified IS 'A probe (GET /users/@me) accepted the current bot token since the last start or token change.';
+
+-- ---------- priority lanes (issue 13) ----------
+
+CREATE TYPE lhdiscord.outbox_lane AS ENUM ('urgent', 'interactive', 'bulk');
+COMMENT ON TYPE lhdiscord.outbox_lane IS
+  'Priority class of an outbox job, highest first: urgent (removals that take access away), interactive (one user''s action), bulk (work for many members at once).';
+ALTER TABLE lhdiscord.outbox ADD COLUMN lane lhdiscord.outbox_lane NOT NULL DEFAULT 'interactive';
+UPDATE lhdiscord.outbox SET lane = 'bulk' WHERE kind IN ('member_scan', 'token_refresh');
+COMMENT ON COLUMN lhdiscord.outbox.lane IS
+  'Priority class, chosen by the kind of work when it is queued; a change folded into a live convergence keeps the highest lane of its changes.';
+
+-- The claim takes the highest lane first, oldest first within it.
+DROP INDEX lhdiscord.outbox_ready_idx;
+CREATE INDEX outbox_ready_idx ON lhdiscord.outbox (lane, run_after, id) WHERE state = 'pending';
+COMMENT ON INDEX lhdiscord.outbox_ready_idx IS 'Finds pending jobs that are due, highest lane first, oldest first.';
+
+DROP VIEW lhdiscord.outbox_stats;
+CREATE VIEW lhdiscord.outbox_stats AS
+  WITH per AS (
+    SELECT lane, kind, state, count(*) AS jobs,
+           min(created_at) AS oldest_created_at,
+           CASE WHEN state IN ('pending', 'in_flight') THEN now() - min(created_at) END AS oldest_age,
+           max(attempts) AS max_attempts,
+           sum(CASE WHEN run_after > now() THEN 1 ELSE 0 END) AS waiting_for_retry,
+           count(*) FILTER (WHERE finished_at > now() - interval '1 minute') AS finished_last_minute
+      FROM lhdiscord.outbox
+     GROUP BY lane, kind, state),
+  lanes AS (
+    SELECT lane,
+           sum(jobs) FILTER (WHERE state IN ('pending', 'in_flight')) AS backlog,
+           sum(finished_last_minute) / 60.0 AS rate
+      FROM per GROUP BY lane)
+  SELECT p.kind, p.state, p.jobs, p.oldest_created_at, p.oldest_age, p.max_attempts,
+         p.waiting_for_retry, p.lane,
+         coalesce(l.backlog, 0)::bigint AS lane_backlog,
+         round(l.rate, 2) AS lane_send_rate,
+         CASE WHEN coalesce(l.backlog, 0) = 0 THEN interval '0'
+              WHEN l.rate > 0 THEN make_interval(secs => (l.backlog / l.rate)::float8) END AS lane_drain_estimate
+    FROM per p JOIN lanes l USING (lane);
+COMMENT ON VIEW lhdiscord.outbox_stats IS
+  'Queue depth per job kind, state and lane, with the age of the oldest job, jobs waiting for a retry, and per lane the backlog, the send rate and the time to drain it.';
+COMMENT ON COLUMN lhdiscord.outbox_stats.kind IS 'Job kind.';
+COMMENT ON COLUMN lhdiscord.outbox_stats.state IS 'Job state.';
+COMMENT ON COLUMN lhdiscord.outbox_stats.jobs IS 'Jobs of this kind, state and lane.';
+COMMENT ON COLUMN lhdiscord.outbox_stats.oldest_created_at IS 'When the oldest of them was queued.';
+COMMENT ON COLUMN lhdiscord.outbox_stats.oldest_age IS 'Age of the oldest pending or in-flight one.';
+COMMENT ON COLUMN lhdiscord.outbox_stats.max_attempts IS 'Most attempts among them.';
+COMMENT ON COLUMN lhdiscord.outbox_stats.waiting_for_retry IS 'How many wait for a retry (run_after in the future).';
+COMMENT ON COLUMN lhdiscord.outbox_stats.lane IS 'Priority lane: urgent, interactive or bulk.';
+COMMENT ON COLUMN lhdiscord.outbox_stats.lane_backlog IS 'Pending and in-flight jobs of the lane, all kinds.';
+COMMENT ON COLUMN lhdiscord.outbox_stats.lane_send_rate IS 'Jobs of the lane finished per second over the last minute.';
+COMMENT ON COLUMN lhdiscord.outbox_stats.lane_drain_estimate IS 'Time to drain the lane''s backlog at that rate (NULL while nothing finishes).';
+
+-- A role_map change converges only the members it can affect, and only when
+-- a role id changed: a row trigger now (an idempotent upsert fires none).
+DROP TRIGGER role_map_converge ON lhdiscord.role_map;
+CREATE TRIGGER role_map_converge AFTER INSERT OR UPDATE OR DELETE ON lhdiscord.role_map
+  FOR EACH ROW EXECUTE FUNCTION lhdiscord.role_map_after_change();
+COMMENT ON TRIGGER role_map_converge ON lhdiscord.role_map IS
+  'Converges the members a changed mapping can affect (bulk lane); a statement that changes no role id queues nothing.';
+COMMENT ON FUNCTION lhdiscord.role_map_after_change() IS
+  'Trigger: a changed mapping converges the members it can affect.';
+
 -- ---------- least privilege (issue 12) ----------
 
 -- Who may call what: three predefined NOLOGIN roles (in the spirit of
