@@ -142,6 +142,33 @@ COMMENT ON TRIGGER role_map_converge ON lhdiscord.role_map IS
 COMMENT ON FUNCTION lhdiscord.role_map_after_change() IS
   'Trigger: a changed mapping converges the members it can affect.';
 
+-- The application may pass a lane where it knows better: bulk for a mass
+-- announcement or an import (urgent is lhdiscord's own choice, refused).
+DROP FUNCTION lhdiscord.notify(bigint, text, text);
+CREATE FUNCTION lhdiscord.notify(user_id bigint, notification text, content text,
+                                 lane lhdiscord.outbox_lane DEFAULT NULL) RETURNS integer
+  LANGUAGE c VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+  AS 'MODULE_PATHNAME', 'notify';
+COMMENT ON FUNCTION lhdiscord.notify(bigint, text, text, lhdiscord.outbox_lane) IS
+  'Queues one Discord DM per active account when the user wants Discord DMs and content is not null; returns the number queued. Content over 2000 characters is split into ordered messages. lane: interactive (default) or bulk.';
+
+DROP FUNCTION lhdiscord.link_account(bigint, text, text, text, text, text, text, timestamptz);
+CREATE FUNCTION lhdiscord.link_account(
+    user_id bigint,
+    discord_user_id text,
+    username text,
+    global_name text DEFAULT NULL,
+    avatar_hash text DEFAULT NULL,
+    access_token text DEFAULT NULL,
+    refresh_token text DEFAULT NULL,
+    token_expires_at timestamptz DEFAULT NULL,
+    lane lhdiscord.outbox_lane DEFAULT NULL)
+  RETURNS lhdiscord.discord_accounts
+  LANGUAGE c VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+  AS 'MODULE_PATHNAME', 'link_account';
+COMMENT ON FUNCTION lhdiscord.link_account(bigint, text, text, text, text, text, text, timestamptz, lhdiscord.outbox_lane) IS
+  'Links a Discord account (gate, limit, duplicate checks), encrypts the tokens, queues the role sync (lane: interactive by default, or bulk for an import) and audits discord_account_linked. Token columns of the result are NULL.';
+
 -- ---------- least privilege (issue 12) ----------
 
 -- Who may call what: three predefined NOLOGIN roles (in the spirit of
@@ -508,7 +535,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON lhdiscord.users, lhdiscord.user_roles TO
 GRANT SELECT ON lhdiscord.active_accounts, lhdiscord.account_overview, lhdiscord.status_map TO lhdiscord_app;
 GRANT EXECUTE ON FUNCTION
   lhdiscord.can_link(bigint),
-  lhdiscord.link_account(bigint, text, text, text, text, text, text, timestamptz),
+  lhdiscord.link_account(bigint, text, text, text, text, text, text, timestamptz, lhdiscord.outbox_lane),
   lhdiscord.unlink_account(bigint, bigint),
   lhdiscord.revoke_account(bigint, bigint),
   lhdiscord.accounts_of(bigint, bigint),
@@ -517,7 +544,7 @@ GRANT EXECUTE ON FUNCTION
   lhdiscord.display_name(lhdiscord.discord_accounts),
   lhdiscord.begin_oauth(bigint),
   lhdiscord.complete_oauth(bigint, text, text),
-  lhdiscord.notify(bigint, text, text),
+  lhdiscord.notify(bigint, text, text, lhdiscord.outbox_lane),
   lhdiscord.sync_roles(bigint),
   lhdiscord.sync_staff(bigint),
   lhdiscord.sync_permissions(bigint),

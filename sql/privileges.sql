@@ -55,10 +55,10 @@ INSERT INTO expected_fn VALUES
   ('lhdiscord.grant_break_glass(bigint,bigint,text,timestamp with time zone)', '{lhd_gov}'),
   ('lhdiscord.has_access(bigint)', '{lhd_app}'),
   ('lhdiscord.has_discord_linked(bigint)', '{lhd_app}'),
-  ('lhdiscord.link_account(bigint,text,text,text,text,text,text,timestamp with time zone)', '{lhd_app}'),
+  ('lhdiscord.link_account(bigint,text,text,text,text,text,text,timestamp with time zone,lhdiscord.outbox_lane)', '{lhd_app}'),
   ('lhdiscord.load_snapshot(jsonb,timestamp with time zone)', '{lhd_gov}'),
   ('lhdiscord.map_role(text,text)', '{}'),
-  ('lhdiscord.notify(bigint,text,text)', '{lhd_app}'),
+  ('lhdiscord.notify(bigint,text,text,lhdiscord.outbox_lane)', '{lhd_app}'),
   ('lhdiscord.outbox_wake()', '{}'),
   ('lhdiscord.prune_outbox(interval)', '{}'),
   ('lhdiscord.prune_snapshots(interval)', '{}'),
@@ -462,5 +462,5 @@ RESET client_min_messages;
 SELECT count(*) AS roles_left FROM pg_roles WHERE rolname IN ('lhdiscord_app', 'lhdiscord_governance', 'lhdiscord_monitor');
 SELECT count(*) AS event_triggers_left FROM pg_event_trigger WHERE evtname LIKE 'lhdiscord%';
 CREATE EXTENSION lhdiscord;
-SELECT has_function_privilege('lhdiscord_app', 'lhdiscord.link_account(bigint,text,text,text,text,text,text,timestamptz)', 'EXECUTE') AS app_again;
+SELECT has_function_privilege('lhdiscord_app', 'lhdiscord.link_account(bigint,text,text,text,text,text,text,timestamptz,lhdiscord.outbox_lane)', 'EXECUTE') AS app_again;
 DO $$ BEGIN EXECUTE format('REVOKE CONNECT ON DATABASE %I FROM lhd_nobody', current_database()); END $$;

@@ -304,6 +304,7 @@ link_account_body(PG_FUNCTION_ARGS)
 	bool		isnull;
 	int			inserted;
 	bool		queued;
+	char	   *lane;
 	LhdAudit	a = {0};
 
 	if (get_call_result_type(fcinfo, NULL, &resultdesc) != TYPEFUNC_COMPOSITE)
@@ -399,6 +400,9 @@ link_account_body(PG_FUNCTION_ARGS)
 	 * that one commits we lose and report the duplicate, so exactly one of
 	 * two racing sessions wins.
 	 */
+	/* An explicit lane (link_account's ninth argument): bulk for an import. */
+	lane = lhd_require_caller_lane(fcinfo, 8);
+	lhd_set_pending_lane(lane);
 	inserted = lhd_exec_account_dml(&insert_plan, values, nulls, 1, "Discord account linked",
 									&queued);
 	if (inserted == 0)
@@ -414,7 +418,8 @@ link_account_body(PG_FUNCTION_ARGS)
 	 * the desired set when it runs.
 	 */
 	if (!queued)
-		lhd_enqueue_convergence(discord_user_id, user_id, "Discord account linked");
+		lhd_enqueue_convergence_in_lane(discord_user_id, user_id, "Discord account linked",
+										lane ? lane : "interactive");
 
 	a.action = "discord_account_linked";
 	a.actor_user_id = user_id;

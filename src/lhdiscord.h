@@ -172,6 +172,7 @@ extern int	lhd_enqueue_user_convergence(int64 user_id, const char *reason,
 
 /* ---------- outbox.c ---------- */
 
+extern bool lhd_outbox_has_lanes(void);
 extern void lhd_enqueue_all_convergences(const char *reason);
 extern int	lhd_enqueue_role_key_change(const char *key, const char *retired_role_id,
 										const char *reason);
@@ -197,6 +198,8 @@ extern void lhd_register_worker(void);
 extern void lhd_trigger_require_table(FunctionCallInfo fcinfo, const char *fname,
 									  const char *table, const char *table2);
 
+extern void lhd_set_pending_lane(const char *lane);
+extern char *lhd_require_caller_lane(FunctionCallInfo fcinfo, int argno);
 extern int	lhd_exec_account_dml(LhdPlan *plan, Datum *values, const char *nulls,
 								 long count, const char *reason, bool *queued);
 

@@ -61,9 +61,11 @@ in_list(const char *const *list, const char *name)
 }
 
 /*
- * notify(user_id bigint, notification text, content text) -> int
+ * notify(user_id bigint, notification text, content text,
+ *		  lane outbox_lane DEFAULT NULL) -> int
  * Queues one DM per active Discord account of the user when the user wants
- * Discord DMs and there is content; returns the number queued.
+ * Discord DMs and there is content, in lane (default interactive; bulk for
+ * a mass announcement); returns the number queued.
  */
 Datum
 notify(PG_FUNCTION_ARGS)
@@ -74,6 +76,17 @@ notify(PG_FUNCTION_ARGS)
 		.argtypes = {INT8OID}
 	};
 	static LhdPlan queue_plan = {
+		.sql = "INSERT INTO lhdiscord.outbox (kind, discord_user_id, user_id, payload, reason, lane) "
+		"SELECT 'dm', a.discord_user_id, a.user_id, "
+		"       jsonb_build_object('notification', $2::text, 'parts', $3::jsonb), $2, "
+		"       coalesce($4, 'interactive')::lhdiscord.outbox_lane "
+		"FROM lhdiscord.discord_accounts a WHERE a.user_id = $1 AND a.status = 'active' "
+		"ORDER BY a.id",
+		.nargs = 4,
+		.argtypes = {INT8OID, TEXTOID, TEXTOID, TEXTOID}
+	};
+	/* Before ALTER EXTENSION UPDATE to 0.6.0: no lane (nor its argument). */
+	static LhdPlan queue_plan_0_5 = {
 		.sql = "INSERT INTO lhdiscord.outbox (kind, discord_user_id, user_id, payload, reason) "
 		"SELECT 'dm', a.discord_user_id, a.user_id, "
 		"       jsonb_build_object('notification', $2::text, 'parts', $3::jsonb), $2 "
@@ -82,6 +95,8 @@ notify(PG_FUNCTION_ARGS)
 		.nargs = 3,
 		.argtypes = {INT8OID, TEXTOID, TEXTOID}
 	};
+	char	   *lane = lhd_require_caller_lane(fcinfo, 3);
+	char		nulls[4] = {' ', ' ', ' ', lane ? ' ' : 'n'};
 	int64		user_id;
 	char	   *name;
 	char	   *content;
@@ -90,7 +105,7 @@ notify(PG_FUNCTION_ARGS)
 	bool		isnull;
 	bool		wants;
 	StringInfoData json;
-	Datum		values[3];
+	Datum		values[4];
 	int			queued;
 
 	lhd_require_not_null(PG_ARGISNULL(0), "user_id");
@@ -135,7 +150,9 @@ notify(PG_FUNCTION_ARGS)
 
 	values[1] = CStringGetTextDatum(name);
 	values[2] = CStringGetTextDatum(json.data);
-	queued = lhd_exec(&queue_plan, values, NULL, false, 0);
+	values[3] = lane ? CStringGetTextDatum(lane) : (Datum) 0;
+	queued = PG_NARGS() > 3 ? lhd_exec(&queue_plan, values, nulls, false, 0)
+		: lhd_exec(&queue_plan_0_5, values, nulls, false, 0);
 	SPI_finish();
 	PG_RETURN_INT32(queued);
 }

@@ -56,8 +56,8 @@ PG_FUNCTION_INFO_V1(prune_outbox);
 	"              user_id = EXCLUDED.user_id, reason = EXCLUDED.reason, updated_at = now()"
 
 /* Has the outbox its 0.6.0 columns?  (A syscache lookup or two.) */
-static bool
-outbox_has_lanes(void)
+bool
+lhd_outbox_has_lanes(void)
 {
 	Oid			nsp = get_namespace_oid("lhdiscord", true);
 	Oid			rel = OidIsValid(nsp) ? get_relname_relid("outbox", nsp) : InvalidOid;
@@ -110,7 +110,29 @@ lhd_enqueue_convergence_in_lane(const char *discord_user_id, int64 user_id,
 		nulls[1] = 'n';
 	values[2] = CStringGetTextDatum(reason ? reason : "lhdiscord");
 	values[3] = CStringGetTextDatum(lane);
-	lhd_exec(outbox_has_lanes() ? &plan : &plan_0_5, values, nulls, false, 0);
+	lhd_exec(lhd_outbox_has_lanes() ? &plan : &plan_0_5, values, nulls, false, 0);
+}
+
+/*
+ * The lane a caller passed as argument argno (notify, link_account): NULL
+ * when absent or NULL (the default lane).  A caller may demote its work to
+ * bulk (a mass announcement, an import) or keep it interactive; urgent is
+ * for removals that take access away, which lhdiscord chooses itself.
+ */
+char *
+lhd_require_caller_lane(FunctionCallInfo fcinfo, int argno)
+{
+	char	   *lane;
+
+	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+		return NULL;
+	lane = DatumGetCString(DirectFunctionCall1(enum_out, PG_GETARG_DATUM(argno)));
+	if (strcmp(lane, "urgent") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("lane urgent is reserved for removals that take access away"),
+				 errhint("Pass interactive or bulk; lhdiscord queues brig, unlink, revoke and suspension work as urgent itself.")));
+	return lane;
 }
 
 /* One user's action: the interactive lane (urgent when it takes access away). */
@@ -141,7 +163,7 @@ lhd_enqueue_all_convergences(const char *reason)
 	};
 	Datum		values[1] = {CStringGetTextDatum(reason)};
 
-	lhd_exec(outbox_has_lanes() ? &plan : &plan_0_5, values, NULL, false, 0);
+	lhd_exec(lhd_outbox_has_lanes() ? &plan : &plan_0_5, values, NULL, false, 0);
 }
 
 /*
@@ -217,7 +239,7 @@ lhd_enqueue_user_convergence(int64 user_id, const char *reason, int naudits, con
 
 	values[0] = Int64GetDatum(user_id);
 	values[1] = CStringGetTextDatum(reason ? reason : "lhdiscord");
-	n = lhd_exec(outbox_has_lanes() ? &plan : &plan_0_5, values, NULL, false, 0);
+	n = lhd_exec(lhd_outbox_has_lanes() ? &plan : &plan_0_5, values, NULL, false, 0);
 	if (n > 0)
 		for (int i = 0; i < naudits; i++)
 		{

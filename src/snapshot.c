@@ -319,7 +319,14 @@ request_member_scan(PG_FUNCTION_ARGS)
 		"ORDER BY id LIMIT 1",
 		.nargs = 0
 	};
+	/* A scan is bulk work (0.6.0 on; before the update the outbox has no lane). */
 	static LhdPlan job_plan = {
+		.sql = "INSERT INTO lhdiscord.outbox (kind, payload, reason, lane) "
+		"VALUES ('member_scan', jsonb_build_object('snapshot_id', $1), 'Guild member scan', 'bulk')",
+		.nargs = 1,
+		.argtypes = {INT8OID}
+	};
+	static LhdPlan job_plan_0_5 = {
 		.sql = "INSERT INTO lhdiscord.outbox (kind, payload, reason) "
 		"VALUES ('member_scan', jsonb_build_object('snapshot_id', $1), 'Guild member scan')",
 		.nargs = 1,
@@ -349,7 +356,7 @@ request_member_scan(PG_FUNCTION_ARGS)
 	}
 	id = new_snapshot(GetCurrentTransactionStartTimestamp(), "scan");
 	values[0] = Int64GetDatum(id);
-	lhd_exec(&job_plan, values, NULL, false, 0);
+	lhd_exec(lhd_outbox_has_lanes() ? &job_plan : &job_plan_0_5, values, NULL, false, 0);
 	lhd_prune_snapshots_spi(lhd_snapshot_retention);
 	SPI_finish();
 	PG_RETURN_INT64(id);

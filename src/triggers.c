@@ -58,6 +58,17 @@ PG_FUNCTION_INFO_V1(users_in_scope_changed);
  * objects until ALTER EXTENSION UPDATE) and queues the work itself.
  */
 static const char *pending_reason = NULL;
+static const char *pending_lane = NULL;	/* a caller's explicit lane, or NULL */
+
+/*
+ * The lane the next account DML's convergence goes to (link_account with an
+ * explicit lane); NULL for the default.  Cleared by lhd_exec_account_dml.
+ */
+void
+lhd_set_pending_lane(const char *lane)
+{
+	pending_lane = lane;
+}
 static int	trigger_enqueues = 0;
 
 /*
@@ -80,6 +91,7 @@ lhd_exec_account_dml(LhdPlan *plan, Datum *values, const char *nulls, long count
 	PG_FINALLY();
 	{
 		pending_reason = NULL;
+		pending_lane = NULL;
 	}
 	PG_END_TRY();
 	if (queued)
@@ -375,6 +387,7 @@ accounts_after_change(PG_FUNCTION_ARGS)
 	 */
 	lhd_enqueue_convergence_in_lane(field_text(tuple, desc, "discord_user_id"),
 									field_int64(tuple, desc, "user_id"), reason,
+									pending_lane ? pending_lane :
 									TRIGGER_FIRED_BY_INSERT(td->tg_event) &&
 									field_timestamptz(tuple, desc, "created_at") <
 									GetCurrentTransactionStartTimestamp() - RESTORED_AGE_USECS
