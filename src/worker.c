@@ -11,7 +11,8 @@
  * no transaction open, record outcomes in another short transaction -- and
  * run its schedule, on time even in a burst that never ends: give back jobs
  * claimed by a process that died (crash, kill -9, failover), prune finished
- * jobs after lhdiscord.outbox_retention, queue refreshes of OAuth tokens
+ * jobs after lhdiscord.outbox_retention and snapshots after
+ * lhdiscord.snapshot_retention, queue refreshes of OAuth tokens
  * close to expiry, run the scheduled reconcile, and, once Discord answers
  * again after an outage, make every waiting retry due at once.
  *
@@ -255,6 +256,7 @@ housekeeping(void *arg)
 				(errmsg("lhdiscord worker: %d outbox job(s) claimed by an ended process were queued again",
 						reclaimed)));
 	lhd_prune_outbox(lhd_outbox_retention);
+	(void) lhd_prune_snapshots();
 	lhd_queue_token_refreshes();
 }
 
