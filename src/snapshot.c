@@ -231,7 +231,7 @@ load_snapshot(PG_FUNCTION_ARGS)
 
 	id = new_snapshot(taken_at, "load");
 	/* Fewer stored than given: a duplicate, named by the error (it undoes all). */
-	if (lhd_snapshot_add_members(id, PointerGetDatum(members)) < JB_ROOT_COUNT(members) &&
+	if ((uint32) lhd_snapshot_add_members(id, PointerGetDatum(members)) < JB_ROOT_COUNT(members) &&
 		lhd_exec(&dup_plan, values, NULL, true, 1) > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNIQUE_VIOLATION),
