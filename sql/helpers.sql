@@ -30,3 +30,30 @@ RESET ROLE;
 UPDATE lhdiscord.discord_accounts SET status = 'brigged' WHERE user_id = 2;
 SELECT lhdiscord.has_discord_linked(2);
 SELECT count(*) AS active_views FROM lhdiscord.active_accounts;
+
+-- The helpers take the account views' rows too (what an admin page reads),
+-- with a hash (PNG, animated GIF) or without one (the default avatar), for
+-- a brigged account as for an active one, and agree with the
+-- discord_accounts variants.
+UPDATE lhdiscord.discord_accounts SET avatar_hash = 'a1b2c3d4e5f60718293a4b5c6d7e8f90' WHERE user_id = 1;
+SET ROLE lhd_app;
+SELECT v.username, lhdiscord.display_name(v), lhdiscord.avatar_url(v)
+  FROM lhdiscord.active_accounts v ORDER BY id;
+SELECT v.username, v.status, lhdiscord.display_name(v), lhdiscord.avatar_url(v)
+  FROM lhdiscord.account_overview v ORDER BY id;
+SELECT lhdiscord.display_name(NULL::lhdiscord.active_accounts) AS null_active,
+       lhdiscord.avatar_url(NULL::lhdiscord.account_overview) AS null_overview;
+RESET ROLE;
+UPDATE lhdiscord.discord_accounts SET avatar_hash = 'a_0123456789abcdef0123456789abcdef', global_name = 'Bob B' WHERE user_id = 2;
+UPDATE lhdiscord.discord_accounts SET avatar_hash = NULL WHERE user_id = 1;
+SELECT count(*) AS rows_compared,
+       count(*) FILTER (WHERE lhdiscord.display_name(a) IS DISTINCT FROM lhdiscord.display_name(v)
+                           OR lhdiscord.avatar_url(a) IS DISTINCT FROM lhdiscord.avatar_url(v)) AS disagreeing
+  FROM lhdiscord.discord_accounts a JOIN lhdiscord.account_overview v USING (id);
+UPDATE lhdiscord.discord_accounts SET status = 'active' WHERE user_id = 2;
+SELECT count(*) AS rows_compared,
+       count(*) FILTER (WHERE lhdiscord.display_name(a) IS DISTINCT FROM lhdiscord.display_name(v)
+                           OR lhdiscord.avatar_url(a) IS DISTINCT FROM lhdiscord.avatar_url(v)) AS disagreeing
+  FROM lhdiscord.discord_accounts a JOIN lhdiscord.active_accounts v USING (id);
+SELECT v.username, lhdiscord.display_name(v), lhdiscord.avatar_url(v)
+  FROM lhdiscord.active_accounts v ORDER BY id;

@@ -575,3 +575,42 @@ GRANT EXECUTE ON FUNCTION
   lhdiscord.access_context(),
   lhdiscord.role_drift(text, boolean, text, text, text, text[], text[])
   TO lhdiscord_monitor;
+
+-- ---------- ecosystem (issue 15, part) ----------
+
+-- avatar_url() and display_name() on the rows an admin page reads: the
+-- account views.  Their rows carry the values the discord_accounts variants
+-- computed from the account (the views have no avatar_hash to recompute
+-- from), so each overload returns its view's own column.
+CREATE FUNCTION lhdiscord.avatar_url(lhdiscord.active_accounts) RETURNS text
+  LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+  AS $$ SELECT $1.avatar_url $$;
+COMMENT ON FUNCTION lhdiscord.avatar_url(lhdiscord.active_accounts) IS
+  'Discord CDN URL of the account''s avatar, or the default avatar (the row''s avatar_url column).';
+CREATE FUNCTION lhdiscord.avatar_url(lhdiscord.account_overview) RETURNS text
+  LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+  AS $$ SELECT $1.avatar_url $$;
+COMMENT ON FUNCTION lhdiscord.avatar_url(lhdiscord.account_overview) IS
+  'Discord CDN URL of the account''s avatar, or the default avatar (the row''s avatar_url column).';
+CREATE FUNCTION lhdiscord.display_name(lhdiscord.active_accounts) RETURNS text
+  LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+  AS $$ SELECT $1.display_name $$;
+COMMENT ON FUNCTION lhdiscord.display_name(lhdiscord.active_accounts) IS
+  'global_name if set, otherwise username (the row''s display_name column).';
+CREATE FUNCTION lhdiscord.display_name(lhdiscord.account_overview) RETURNS text
+  LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+  AS $$ SELECT $1.display_name $$;
+COMMENT ON FUNCTION lhdiscord.display_name(lhdiscord.account_overview) IS
+  'global_name if set, otherwise username (the row''s display_name column).';
+REVOKE ALL ON FUNCTION
+  lhdiscord.avatar_url(lhdiscord.active_accounts),
+  lhdiscord.avatar_url(lhdiscord.account_overview),
+  lhdiscord.display_name(lhdiscord.active_accounts),
+  lhdiscord.display_name(lhdiscord.account_overview)
+  FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+  lhdiscord.avatar_url(lhdiscord.active_accounts),
+  lhdiscord.avatar_url(lhdiscord.account_overview),
+  lhdiscord.display_name(lhdiscord.active_accounts),
+  lhdiscord.display_name(lhdiscord.account_overview)
+  TO lhdiscord_app;
