@@ -22,12 +22,13 @@ SELECT pg_describe_object(d.classid, d.objid, 0) AS uncommented
 SELECT c.oid::regclass AS uncommented_relation
   FROM pg_class c
  WHERE c.relnamespace = 'lhdiscord'::regnamespace
-   AND c.relkind IN ('r', 'v', 'i', 'm')
+   AND c.relkind IN ('r', 'v', 'i', 'm', 'S')  -- identity sequences too
    AND obj_description(c.oid, 'pg_class') IS NULL
  ORDER BY 1;
+-- Columns of tables and of views.
 SELECT a.attrelid::regclass AS rel, a.attname AS uncommented_column
   FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
- WHERE c.relnamespace = 'lhdiscord'::regnamespace AND c.relkind = 'r'
+ WHERE c.relnamespace = 'lhdiscord'::regnamespace AND c.relkind IN ('r', 'v', 'm')
    AND a.attnum > 0 AND NOT a.attisdropped
    AND col_description(a.attrelid, a.attnum) IS NULL
  ORDER BY 1, 2;

@@ -614,3 +614,55 @@ GRANT EXECUTE ON FUNCTION
   lhdiscord.display_name(lhdiscord.active_accounts),
   lhdiscord.display_name(lhdiscord.account_overview)
   TO lhdiscord_app;
+
+-- Every view column and every identity sequence is documented.
+COMMENT ON COLUMN lhdiscord.active_accounts.id IS 'Account id (discord_accounts.id).';
+COMMENT ON COLUMN lhdiscord.active_accounts.user_id IS 'Owning portal user.';
+COMMENT ON COLUMN lhdiscord.active_accounts.portal_username IS 'The owner''s portal username (users.username).';
+COMMENT ON COLUMN lhdiscord.active_accounts.discord_user_id IS 'Discord user id (snowflake).';
+COMMENT ON COLUMN lhdiscord.active_accounts.username IS 'Discord username.';
+COMMENT ON COLUMN lhdiscord.active_accounts.global_name IS 'Discord display name, if set.';
+COMMENT ON COLUMN lhdiscord.active_accounts.display_name IS 'global_name if set, otherwise username (display_name()).';
+COMMENT ON COLUMN lhdiscord.active_accounts.avatar_url IS 'Discord CDN URL of the avatar, or the default avatar (avatar_url()).';
+COMMENT ON COLUMN lhdiscord.active_accounts.verified_at IS 'When linking completed.';
+COMMENT ON COLUMN lhdiscord.active_accounts.created_at IS 'Account row creation time.';
+COMMENT ON COLUMN lhdiscord.active_accounts.updated_at IS 'Account row last change time.';
+
+COMMENT ON COLUMN lhdiscord.account_overview.id IS 'Account id (discord_accounts.id).';
+COMMENT ON COLUMN lhdiscord.account_overview.user_id IS 'Owning portal user.';
+COMMENT ON COLUMN lhdiscord.account_overview.portal_username IS 'The owner''s portal username (users.username).';
+COMMENT ON COLUMN lhdiscord.account_overview.membership_level IS 'The owner''s membership level.';
+COMMENT ON COLUMN lhdiscord.account_overview.staff_department IS 'The owner''s staff department, or NULL for none.';
+COMMENT ON COLUMN lhdiscord.account_overview.staff_rank IS 'The owner''s staff rank (none when not staff).';
+COMMENT ON COLUMN lhdiscord.account_overview.in_brig IS 'True while the owner is in the brig.';
+COMMENT ON COLUMN lhdiscord.account_overview.discord_user_id IS 'Discord user id (snowflake).';
+COMMENT ON COLUMN lhdiscord.account_overview.username IS 'Discord username.';
+COMMENT ON COLUMN lhdiscord.account_overview.global_name IS 'Discord display name, if set.';
+COMMENT ON COLUMN lhdiscord.account_overview.display_name IS 'global_name if set, otherwise username (display_name()).';
+COMMENT ON COLUMN lhdiscord.account_overview.avatar_url IS 'Discord CDN URL of the avatar, or the default avatar (avatar_url()).';
+COMMENT ON COLUMN lhdiscord.account_overview.status IS 'active, or brigged while the owner is in the brig.';
+COMMENT ON COLUMN lhdiscord.account_overview.has_access_token IS 'An OAuth access token is stored (its value is never shown).';
+COMMENT ON COLUMN lhdiscord.account_overview.token_expires_at IS 'OAuth access token expiry.';
+COMMENT ON COLUMN lhdiscord.account_overview.verified_at IS 'When linking completed.';
+COMMENT ON COLUMN lhdiscord.account_overview.created_at IS 'Account row creation time.';
+COMMENT ON COLUMN lhdiscord.account_overview.updated_at IS 'Account row last change time.';
+COMMENT ON COLUMN lhdiscord.account_overview.pending_jobs IS 'Outbox jobs pending or in flight for this Discord user.';
+COMMENT ON COLUMN lhdiscord.account_overview.tokens_stale IS 'True when refreshing the OAuth tokens failed for good; the account stays linked.';
+
+COMMENT ON COLUMN lhdiscord.status_map.user_id IS 'The application''s user id.';
+COMMENT ON COLUMN lhdiscord.status_map.username IS 'Portal username.';
+COMMENT ON COLUMN lhdiscord.status_map.identity_status IS 'users.status: active, suspended or disabled.';
+COMMENT ON COLUMN lhdiscord.status_map.eligible IS 'In scope: users.in_scope, the application''s access-policy outcome for access.login.';
+COMMENT ON COLUMN lhdiscord.status_map.entitled IS 'Entitled by the governance mode: the entitlement role in a fresh trusted snapshot (Discord-leading) or the entitlement portal role (Portal-leading).';
+COMMENT ON COLUMN lhdiscord.status_map.privileged IS 'Holds a privileged portal role or an active break-glass exemption.';
+COMMENT ON COLUMN lhdiscord.status_map.effective_access IS 'Access at runtime, as has_access(): active, and in scope and entitled, or privileged.';
+COMMENT ON COLUMN lhdiscord.status_map.policy_outcome IS 'compliant, exempt (active only through a privilege) or non_compliant (status disagrees with the decision).';
+COMMENT ON COLUMN lhdiscord.status_map.drift IS 'Discord roles against the desired set: none, missing_role, excess_role, stale_snapshot or unlinked.';
+COMMENT ON COLUMN lhdiscord.status_map.snapshot_age IS 'Age of the member snapshot used as evidence; NULL when there is none.';
+
+COMMENT ON SEQUENCE lhdiscord.discord_accounts_id_seq IS 'Identity of discord_accounts.id.';
+COMMENT ON SEQUENCE lhdiscord.member_snapshots_id_seq IS 'Identity of member_snapshots.id.';
+COMMENT ON SEQUENCE lhdiscord.outbox_id_seq IS 'Identity of outbox.id.';
+COMMENT ON SEQUENCE lhdiscord.audit_log_id_seq IS 'Identity of audit_log.id.';
+COMMENT ON SEQUENCE lhdiscord.break_glass_id_seq IS 'Identity of break_glass.id.';
+COMMENT ON SEQUENCE lhdiscord.fake_calls_id_seq IS 'Identity of fake_calls.id.';
