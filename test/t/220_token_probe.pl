@@ -1,14 +1,16 @@
 # One request to learn a bad token (issue 13):
-#  1. a wrong bot token: the first request after start is a single probe,
-#     GET /users/@me; at most 2 requests are answered 401, then the worker
-#     is paused and sends nothing more (no job request at all);
+#  1. a wrong bot token, 50 jobs queued, default max_concurrency (16): the
+#     first request after start is a single probe, GET /users/@me; at most 2
+#     requests are answered 401, then the worker is paused and sends nothing
+#     more (no job request at all);
 #  2. fixing the token in postgresql.conf and reloading: one probe with the
 #     good token, then the queue drains;
 #  3. a reload that changes nothing sends no probe; a reload that changes the
 #     token sends exactly one probe, before any job request;
 #  4. after a restart the first request is the probe again;
-#  5. a 401 in the middle of traffic stops new sends at once: at most the
-#     requests already in flight are answered 401, then nothing is sent.
+#  5. a 401 in the middle of traffic (max_concurrency 4, 200 ms answers)
+#     stops new sends at once: at most the requests already in flight are
+#     answered 401, then nothing is sent.
 # The token is always changed in postgresql.conf (with the test cluster's
 # log_statement = all an ALTER SYSTEM would log it).
 use strict;
@@ -58,13 +60,17 @@ sub undone
 start_mock();
 setup_guild(members => [ map { { id => sprintf('7%017d', $_) } } 1 .. $N ]);
 my $node = new_node('probe', bot_token => 'not-the-right-token',
-	conf => { 'lhdiscord.poll_interval' => 1, 'lhdiscord.max_concurrency' => $CONC });
+	conf => { 'lhdiscord.poll_interval' => 1 });
 $node->safe_psql('postgres', qq{
 	SELECT lhdiscord.map_role('traveler', '900000000000000101');
 	SELECT lhdiscord.map_role('resident', '900000000000000102');
 	SELECT lhdiscord.map_role('citizen', '900000000000000103');
 	INSERT INTO lhdiscord.users (user_id, username, membership_level)
 	  SELECT g, 'u' || g, 'traveler' FROM generate_series(1, $N) g;
+	-- Roles known (none), so every link is one PUT, all ready at once: the
+	-- pipeline would fill with requests if the token were not probed first.
+	INSERT INTO lhdiscord.role_state (discord_user_id, role_ids)
+	  SELECT '7' || lpad(g::text, 17, '0'), '{}' FROM generate_series(1, $N) g;
 	SELECT count(lhdiscord.link_account(g, '7' || lpad(g::text, 17, '0'), 'u' || g)) FROM generate_series(1, $N) g;
 });
 
@@ -146,6 +152,9 @@ is(scalar(@{ probes($reqs) }), 1, 'one probe after the restart');
 # 5. The token is revoked on Discord's side in the middle of traffic: the
 # requests in flight (at most max_concurrency) are answered 401, nothing
 # new is sent after the first 401, and the worker pauses.
+$node->append_conf('postgresql.conf', "lhdiscord.max_concurrency = $CONC");
+$node->reload;
+sleep 1;
 mock_post('/_mock/config', { latency_ms => 200 });
 $seq = mock_seq();
 $node->safe_psql('postgres', q{UPDATE lhdiscord.users SET membership_level = 'citizen' WHERE user_id > 3});
