@@ -5,6 +5,12 @@
 # window (counted by the mock from arrival times, and recomputed here from
 # the recorded arrivals), gets no 429 after its first second, and uses at
 # least 0.9 of the limit meanwhile.
+#
+# The worker reaches the mock through a small TCP proxy that delays each
+# request by a random 0-30 ms (order kept within a connection): requests
+# "bunch up on the way" as they do over the Internet, so a limiter that
+# counts its own send times with no safety margin lets more than 50 arrive
+# within a second.
 use strict;
 use warnings;
 
@@ -13,7 +19,8 @@ use lib "$FindBin::RealBin/../perl";
 use LhdTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(time);
+use File::Temp ();
+use Time::HiRes qw(time usleep);
 
 my $LIMIT = 50;
 my $SECS = $ENV{LHD_PACING_SECONDS} // 120;
@@ -51,10 +58,88 @@ sub window_max
 	return $best;
 }
 
+# The jitter proxy: client-to-server data of each connection is forwarded
+# after a random delay (never before the connection's previous chunk),
+# answers come back at once.
+my $PROXY = <<'PY';
+import asyncio, random, sys
+port_file, target, jitter = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]) / 1000.0
+random.seed(13)
+
+async def forward(reader, writer, delay):
+    loop = asyncio.get_running_loop()
+    last = 0.0
+    try:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            if delay:
+                due = max(last, loop.time() + random.uniform(0.0, jitter))
+                last = due
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+
+async def handle(creader, cwriter):
+    try:
+        sreader, swriter = await asyncio.open_connection('127.0.0.1', target)
+    except OSError:
+        cwriter.close()
+        return
+    await asyncio.gather(forward(creader, swriter, True), forward(sreader, cwriter, False))
+
+async def main():
+    server = await asyncio.start_server(handle, '127.0.0.1', 0)
+    with open(port_file + '.tmp', 'w') as f:
+        f.write(str(server.sockets[0].getsockname()[1]))
+    import os
+    os.rename(port_file + '.tmp', port_file)
+    async with server:
+        await server.serve_forever()
+
+asyncio.run(main())
+PY
+
+sub start_proxy
+{
+	my ($target, $jitter_ms) = @_;
+	my $dir = File::Temp::tempdir(CLEANUP => 1);
+	open(my $fh, '>', "$dir/proxy.py") or die;
+	print $fh $PROXY;
+	close $fh;
+	my $pid = fork();
+	die "fork: $!" unless defined $pid;
+	if ($pid == 0)
+	{
+		open(STDOUT, '>', "$dir/stdout");
+		open(STDERR, '>', "$dir/stderr");
+		exec('python3', "$dir/proxy.py", "$dir/port", $target, $jitter_ms) or die "exec: $!";
+	}
+	for (1 .. 200)
+	{
+		last if -s "$dir/port";
+		usleep(50_000);
+	}
+	die 'the jitter proxy did not start' unless -s "$dir/port";
+	open($fh, '<', "$dir/port") or die;
+	my $port = <$fh>;
+	close $fh;
+	return ($pid, $port);
+}
+
 start_mock();
+my ($proxy_pid, $proxy_port) = start_proxy($LhdTest::MOCK_PORT, 30);
+END { if ($proxy_pid) { kill 'TERM', $proxy_pid; waitpid($proxy_pid, 0); } }
 mock_post('/_mock/config', { record_limit => $N + 10000 });
 setup_guild(members => [ map { { id => sprintf('8%017d', $_) } } 1 .. $N ]);
-my $node = new_node('pacing', conf => { 'lhdiscord.global_rate_limit' => $LIMIT });
+my $node = new_node('pacing', conf => { 'lhdiscord.global_rate_limit' => $LIMIT,
+	'lhdiscord.api_base_url' => "'http://127.0.0.1:$proxy_port/api/v10'" });
 
 # Linked accounts with known (empty) roles and nothing mapped yet: no calls.
 $node->safe_psql('postgres', qq{
