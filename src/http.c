@@ -440,7 +440,7 @@ start_transfer(LhdEngine *e, LhdHttp *h, LhdRequest *r)
 				(errcode(ERRCODE_SYSTEM_ERROR),
 				 errmsg("lhdiscord: could not start a Discord request")));
 	e->inflight++;
-	lhd_limiter_sent(h->limiter, r->route, r->major, lhd_now_ms());
+	lhd_limiter_sent(h->limiter, r->limit_route, r->major, lhd_now_ms());
 	lhd_count_call();
 }
 
@@ -559,7 +559,7 @@ finish_transfer(LhdEngine *e, LhdHttp *h, Transfer *t, CURLcode code)
 	status = r->status;
 	if (code != CURLE_OK)
 	{
-		lhd_limiter_abandoned(h->limiter, r->route, r->major);
+		lhd_limiter_abandoned(h->limiter, r->limit_route, r->major);
 		pg_atomic_fetch_add_u64(&lhd_shared->transport_errors, 1);
 		lhd_set_last_error("%s: %s", r->route, r->error);
 		lhd_note_discord_answer(false);
@@ -567,7 +567,7 @@ finish_transfer(LhdEngine *e, LhdHttp *h, Transfer *t, CURLcode code)
 	else
 	{
 		/* Answers to requests in flight when a 401 paused sending count once. */
-		lhd_limiter_response(h->limiter, r->route, r->major, &t->rh, status, lhd_now_ms(),
+		lhd_limiter_response(h->limiter, r->limit_route, r->major, &t->rh, status, lhd_now_ms(),
 							 !(status == 401 && lhd_is_paused()));
 		lhd_count_response(status);
 		lhd_note_discord_answer(status < 500);
@@ -670,7 +670,7 @@ lhd_http_step(LhdEngine *e, int max_wait_ms)
 		if (r->auth == LHD_AUTH_BOT && !h->token_ok)
 			delay = LHD_LIMIT_WAIT_RESPONSE;
 		else if (e->inflight < lhd_max_concurrency)
-			delay = lhd_limiter_delay(h->limiter, r->route, r->major, now);
+			delay = lhd_limiter_delay(h->limiter, r->limit_route, r->major, now);
 		else
 			delay = LHD_LIMIT_WAIT_RESPONSE;
 		if (delay == 0)

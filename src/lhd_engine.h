@@ -94,7 +94,8 @@ typedef struct LhdRequest
 	LhdOp		op;
 	LhdMethod	method;
 	char	   *path;			/* appended to lhdiscord.api_base_url */
-	char	   *route;			/* rate-limit route template */
+	char	   *route;			/* route template, for messages */
+	const char *limit_route;	/* the route as rate limits see it */
 	char	   *major;			/* major parameter (guild or channel id) */
 	char	   *body;			/* request body or NULL */
 	const char *content_type;	/* of body */

@@ -61,23 +61,33 @@ lhd_lane_from_text(const char *lane)
 	return LHD_LANE_INTERACTIVE;
 }
 
+#define MEMBER_ROLE_ROUTE "PUT|DELETE /guilds/{guild_id}/members/{user_id}/roles/{role_id}"
+
 static const struct
 {
 	LhdMethod	method;
 	const char *route;			/* rate-limit route template */
 	bool		guild_major;	/* major parameter is the guild (else channel/none) */
 	long		ok[2];			/* the success statuses Discord documents */
+	const char *limit_route;	/* rate-limit key, when routes share a bucket */
 }			op_info[] = {
-	[LHD_OP_MEMBER_GET] = {LHD_GET, "GET /guilds/{guild_id}/members/{user_id}", true, {200, 200}},
-	[LHD_OP_ROLE_PUT] = {LHD_PUT, "PUT /guilds/{guild_id}/members/{user_id}/roles/{role_id}", true, {204, 204}},
-	[LHD_OP_ROLE_DELETE] = {LHD_DELETE, "DELETE /guilds/{guild_id}/members/{user_id}/roles/{role_id}", true, {204, 204}},
-	[LHD_OP_MEMBERS_LIST] = {LHD_GET, "GET /guilds/{guild_id}/members", true, {200, 200}},
+	[LHD_OP_MEMBER_GET] = {LHD_GET, "GET /guilds/{guild_id}/members/{user_id}", true, {200, 200}, NULL},
+	/*
+	 * Adding and removing a member's role share one bucket at Discord: pace
+	 * them as one route from the first request, so the first removal does
+	 * not run into a bucket the additions emptied before a response tells.
+	 */
+	[LHD_OP_ROLE_PUT] = {LHD_PUT, "PUT /guilds/{guild_id}/members/{user_id}/roles/{role_id}", true, {204, 204},
+	MEMBER_ROLE_ROUTE},
+	[LHD_OP_ROLE_DELETE] = {LHD_DELETE, "DELETE /guilds/{guild_id}/members/{user_id}/roles/{role_id}", true, {204, 204},
+	MEMBER_ROLE_ROUTE},
+	[LHD_OP_MEMBERS_LIST] = {LHD_GET, "GET /guilds/{guild_id}/members", true, {200, 200}, NULL},
 	/* 201 Created: added; 204 No Content: already a member. */
-	[LHD_OP_MEMBER_ADD] = {LHD_PUT, "PUT /guilds/{guild_id}/members/{user_id}", true, {201, 204}},
-	[LHD_OP_DM_CHANNEL] = {LHD_POST, "POST /users/@me/channels", false, {200, 200}},
-	[LHD_OP_MESSAGE] = {LHD_POST, "POST /channels/{channel_id}/messages", false, {200, 200}},
-	[LHD_OP_OAUTH_TOKEN] = {LHD_POST, "POST /oauth2/token", false, {200, 200}},
-	[LHD_OP_OAUTH_ME] = {LHD_GET, "GET /users/@me", false, {200, 200}},
+	[LHD_OP_MEMBER_ADD] = {LHD_PUT, "PUT /guilds/{guild_id}/members/{user_id}", true, {201, 204}, NULL},
+	[LHD_OP_DM_CHANNEL] = {LHD_POST, "POST /users/@me/channels", false, {200, 200}, NULL},
+	[LHD_OP_MESSAGE] = {LHD_POST, "POST /channels/{channel_id}/messages", false, {200, 200}, NULL},
+	[LHD_OP_OAUTH_TOKEN] = {LHD_POST, "POST /oauth2/token", false, {200, 200}, NULL},
+	[LHD_OP_OAUTH_ME] = {LHD_GET, "GET /users/@me", false, {200, 200}, NULL},
 };
 
 const char *const lhd_job_kind_names[] = {
@@ -116,6 +126,7 @@ lhd_task_request(LhdTask *t, LhdOp op, const char *fmt,...)
 	r->op = op;
 	r->method = op_info[op].method;
 	r->route = (char *) op_info[op].route;
+	r->limit_route = op_info[op].limit_route ? op_info[op].limit_route : r->route;
 	r->path = path.data;
 	r->auth = LHD_AUTH_BOT;
 	r->reason = t->reason;

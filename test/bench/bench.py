@@ -840,8 +840,10 @@ SELECT count(*) FILTER (WHERE state = 'done'), count(*) FILTER (WHERE state <> '
         calls = calls1 - calls0
         mock_calls = stats1["bot_requests"] - stats0["bot_requests"]
         elapsed = float(t_end) - t_commit
-        if int(done) != n or int(bad) != 0 or calls != n:
-            raise BenchError("drain: %s done, %s not done, %d calls (expected %d each)" % (done, bad, calls, n))
+        # A worker (re)started for this figure first sends its one token probe.
+        if int(done) != n or int(bad) != 0 or calls not in (n, n + 1):
+            raise BenchError("drain: %s done, %s not done, %d calls (expected %d each, and maybe the token probe)"
+                             % (done, bad, calls, n))
         rate = calls / elapsed
         out("  lhdiscord: %d role changes -> %d calls (mock saw %d, statuses %s) in %.2f s = %.0f calls/s "
             "(max_concurrency 32, global_rate_limit 0); worker RssAnon peak %d KiB"
