@@ -454,9 +454,15 @@ lhd_engine_check_superseded(LhdEngine *e)
 		{
 			LhdTask    *t = lfirst(lc);
 
+			/* In the engine's context: SPI's goes with the unit. */
 			if (t->job_id == id && t->generation != gen && t->lane != LHD_LANE_URGENT &&
 				!t->superseded)
+			{
+				MemoryContext old = MemoryContextSwitchTo(e->cxt);
+
 				superseded = lappend(superseded, t);
+				MemoryContextSwitchTo(old);
+			}
 		}
 	}
 	lhd_unit_end(e);
