@@ -24,11 +24,10 @@ SELECT lhdiscord.map_role(k, id) FROM (VALUES
   ('staff_engineer', '900000000000000113'), ('rank_officer', '900000000000000123'),
   ('hauling.member', '900000000000000131')) m(k, id);
 
--- The application's database role, granted what README.md lists.
+-- The application's database role, granted what README.md says: the
+-- predefined role lhdiscord_app, and nothing else.
 CREATE ROLE portal LOGIN;
-GRANT USAGE ON SCHEMA lhdiscord TO portal;
-GRANT SELECT, INSERT, UPDATE, DELETE ON lhdiscord.users, lhdiscord.user_roles TO portal;
-GRANT SELECT ON lhdiscord.active_accounts, lhdiscord.account_overview TO portal;
+GRANT lhdiscord_app TO portal;
 SET ROLE portal;
 
 -- Portal users.

@@ -7,11 +7,18 @@
 # stops whatever was started.
 
 # The PostgreSQL major version to build and test against: LHD_PG_MAJOR, else
-# the newest one installed (/usr/lib/postgresql/N), else 15.
+# the newest one installed (/usr/lib/postgresql/N), else the one this Debian
+# release ships (12 bookworm: 15, 13 trixie: 17, unstable: 18), else 15.
 if [ -z "${LHD_PG_MAJOR:-}" ]; then
 	LHD_PG_MAJOR=$(ls /usr/lib/postgresql 2>/dev/null | grep -E '^[0-9]+$' | sort -n |
 		while read -r v; do [ -x "/usr/lib/postgresql/$v/bin/postgres" ] && echo "$v"; done | tail -n 1)
-	LHD_PG_MAJOR=${LHD_PG_MAJOR:-15}
+	if [ -z "$LHD_PG_MAJOR" ]; then
+		case "$(. /etc/os-release 2>/dev/null; echo "${VERSION_CODENAME:-}")" in
+		trixie) LHD_PG_MAJOR=17 ;;
+		forky | sid) LHD_PG_MAJOR=18 ;;
+		*) LHD_PG_MAJOR=15 ;;
+		esac
+	fi
 fi
 case "$LHD_PG_MAJOR" in
 '' | *[!0-9]*) echo "LHD_PG_MAJOR must be a PostgreSQL major version such as 15, not '$LHD_PG_MAJOR'" >&2; return 2 ;;
