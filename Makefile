@@ -1,6 +1,8 @@
 # lhdiscord: PGXS build.
 #
-#   make && sudo make install      build and install into the PostgreSQL 15 tree
+#   make && make install           build and install (PostgreSQL 15 when it is
+#                                  installed, else the pg_config on PATH; or
+#                                  make PG_CONFIG=/usr/lib/postgresql/NN/bin/pg_config)
 #   bash test/run                  the whole test suite (see README.md)
 
 PG_CONFIG ?= $(shell test -x /usr/lib/postgresql/15/bin/pg_config && echo /usr/lib/postgresql/15/bin/pg_config || echo pg_config)
