@@ -19,7 +19,7 @@ use Test::More;
 use Time::HiRes qw(usleep time);
 
 our @EXPORT = qw(start_mock mock_get mock_post mock_delete new_node wait_for
-  mock_requests mock_stats setup_guild BOT_TOKEN GUILD_ID TEST_KEY);
+  mock_requests mock_stats setup_guild q_try q_is BOT_TOKEN GUILD_ID TEST_KEY);
 
 use constant BOT_TOKEN => 'lhd-test-bot-token.Z9f3Q';
 use constant GUILD_ID  => '100000000000000001';
@@ -142,6 +142,28 @@ sub new_node
 	$node->safe_psql('postgres', 'CREATE EXTENSION lhdiscord')
 	  unless $opt{no_start} || $opt{no_extension};
 	return $node;
+}
+
+# A query's output, or undef (with the error as a diagnostic) when it
+# failed: for polling a node that may be restarting or refusing a setting.
+sub q_try
+{
+	my ($node, $sql) = @_;
+	my ($ret, $out, $err) = $node->psql('postgres', $sql);
+	if ($ret != 0)
+	{
+		diag("query failed: $sql\n$err");
+		return undef;
+	}
+	return $out;
+}
+
+# Did the query succeed with exactly $want as output?
+sub q_is
+{
+	my ($node, $sql, $want) = @_;
+	my $v = q_try($node, $sql);
+	return defined $v && $v eq $want;
 }
 
 # Poll $cond (a sub returning true when done) every 50 ms, at most $secs.

@@ -27,18 +27,6 @@ mock_post('/_mock/users', { id => $ALICE, username => 'alice.d', global_name => 
 
 # A query that never dies: undef when it fails (today's code lacks some of
 # what the fixed worker provides; the other assertions must still run).
-sub q_try
-{
-	my ($node, $sql) = @_;
-	my ($ret, $out, $err) = $node->psql('postgres', $sql);
-	if ($ret != 0)
-	{
-		diag("query failed: $sql\n$err");
-		return undef;
-	}
-	return $out;
-}
-
 sub all_done
 {
 	my ($node, $where) = @_;

@@ -21,25 +21,6 @@ my $MB = 1024 * 1024;
 
 # A query that never dies: undef when it fails (today's code lacks columns
 # the fixed worker provides; the other assertions must still run).
-sub q_try
-{
-	my ($node, $sql) = @_;
-	my ($ret, $out, $err) = $node->psql('postgres', $sql);
-	if ($ret != 0)
-	{
-		diag("query failed: $sql\n$err");
-		return undef;
-	}
-	return $out;
-}
-
-sub q_is
-{
-	my ($node, $sql, $want) = @_;
-	my $v = q_try($node, $sql);
-	return defined $v && $v eq $want;
-}
-
 sub mock_seq { return mock_get('/_mock/requests?since=999999999')->{last_seq}; }
 
 sub roles_of { return [ sort @{ mock_get('/_mock/members/' . GUILD_ID . "/$_[0]")->{roles} // [] } ]; }

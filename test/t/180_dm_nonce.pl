@@ -23,25 +23,6 @@ my $N = 6;
 my $rcpt = sub { sprintf('98%016d', $_[0]) };
 
 # A query that never dies: undef when it fails.
-sub q_try
-{
-	my ($node, $sql) = @_;
-	my ($ret, $out, $err) = $node->psql('postgres', $sql);
-	if ($ret != 0)
-	{
-		diag("query failed: $sql\n$err");
-		return undef;
-	}
-	return $out;
-}
-
-sub q_is
-{
-	my ($node, $sql, $want) = @_;
-	my $v = q_try($node, $sql);
-	return defined $v && $v eq $want;
-}
-
 sub fresh_mock
 {
 	my (%cfg) = @_;

@@ -42,18 +42,6 @@ my $G = GUILD_ID;
 
 sub did { return sprintf('5%017d', $_[0]); }
 
-sub q_try
-{
-	my ($node, $sql) = @_;
-	my ($ret, $out, $err) = $node->psql('postgres', $sql);
-	if ($ret != 0)
-	{
-		diag("query failed: $sql\n$err");
-		return undef;
-	}
-	return $out;
-}
-
 sub mock_seq { return mock_get('/_mock/requests?since=999999999999')->{last_seq}; }
 
 sub roles_of { return [ sort @{ mock_get("/_mock/members/$G/" . did($_[0]))->{roles} // [] } ]; }

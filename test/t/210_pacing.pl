@@ -27,18 +27,6 @@ my $SECS = $ENV{LHD_PACING_SECONDS} // 120;
 my $N = $SECS * $LIMIT;     # one PUT per job: $SECS seconds at the limit
 my $ROLE = '900000000000000121';
 
-sub q_try
-{
-	my ($node, $sql) = @_;
-	my ($ret, $out, $err) = $node->psql('postgres', $sql);
-	if ($ret != 0)
-	{
-		diag("query failed: $sql\n$err");
-		return undef;
-	}
-	return $out;
-}
-
 sub undone
 {
 	my ($node) = @_;

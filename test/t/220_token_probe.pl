@@ -28,18 +28,6 @@ my $CONC = 4;
 my $ME = '/api/v10/users/@me';
 my $T2 = 'lhd-test-bot-token.second.K2pX7';
 
-sub q_try
-{
-	my ($node, $sql) = @_;
-	my ($ret, $out, $err) = $node->psql('postgres', $sql);
-	if ($ret != 0)
-	{
-		diag("query failed: $sql\n$err");
-		return undef;
-	}
-	return $out;
-}
-
 sub mock_seq { return mock_get('/_mock/requests?since=999999999999')->{last_seq}; }
 
 # Bot requests recorded after seq $since, in arrival order.
