@@ -30,7 +30,7 @@ SELECT extversion FROM pg_extension WHERE extname = 'lhdiscord';
 DELETE FROM lhdiscord.snapshot_members;
 SELECT expect_error('ALTER EXTENSION lhdiscord UPDATE');
 DELETE FROM lhdiscord.fake_members;
-ALTER EXTENSION lhdiscord UPDATE;
+ALTER EXTENSION lhdiscord UPDATE TO '0.6.0';
 SELECT extversion FROM pg_extension WHERE extname = 'lhdiscord';
 
 SET client_min_messages = warning;

@@ -27,7 +27,7 @@
 #include "nodes/parsenodes.h"
 #include "lib/stringinfo.h"
 
-#define LHD_VERSION		"0.6.0"
+#define LHD_VERSION		"0.7.0"
 #define LHD_PROJECT_URL	"https://github.com/lighthouse-portal/lhdiscord"
 
 /* Discord limits the extension enforces on input. */
