@@ -27,6 +27,10 @@ export LHD_PG_MAJOR
 LHD_PG_BIN=/usr/lib/postgresql/$LHD_PG_MAJOR/bin
 LHD_PGXS=/usr/lib/postgresql/$LHD_PG_MAJOR/lib/pgxs
 LHD_PACKAGES="postgresql-$LHD_PG_MAJOR postgresql-server-dev-$LHD_PG_MAJOR libcurl4-openssl-dev libjansson-dev libssl-dev libipc-run-perl python3 make gcc clang wrk"
+# What only the suite (test/run) needs on top: the PHP portal client's test,
+# the Prometheus exporter the metrics test scrapes, and the Debian packaging
+# tools the package phase builds the .deb with.
+LHD_SUITE_PACKAGES="php-cli php-pgsql prometheus-postgres-exporter debhelper dpkg-dev fakeroot postgresql-server-dev-all"
 LHD_TEST_KEY=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
 
 lhd_log() { printf '==> [%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -40,10 +44,11 @@ lhd_as_pg() {
 	fi
 }
 
-# Install the Debian packages the project needs, if any is missing.
+# Install the Debian packages the project needs, if any is missing:
+# LHD_PACKAGES, and the packages named as arguments (test/run: the suite's).
 lhd_install_packages() {
-	local missing=()
-	for p in $LHD_PACKAGES; do
+	local missing=() want="$LHD_PACKAGES $*"
+	for p in $want; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 	done
 	if [ ${#missing[@]} -gt 0 ] || [ "${LHD_FORCE_APT:-0}" = 1 ]; then
@@ -53,7 +58,13 @@ lhd_install_packages() {
 		fi
 		lhd_log "installing packages: ${missing[*]:-all}"
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $LHD_PACKAGES >/dev/null
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $want >/dev/null
+		# The exporter's package starts its own service where systemd runs
+		# (on all interfaces, as the postgres user): the tests start their
+		# own exporter on loopback, so the packaged one is switched off.
+		if [ -d /run/systemd/system ] && systemctl is-enabled --quiet prometheus-postgres-exporter 2>/dev/null; then
+			systemctl disable --now prometheus-postgres-exporter >/dev/null 2>&1 || true
+		fi
 	fi
 }
 
