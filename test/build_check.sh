@@ -12,6 +12,8 @@
 # prints one line per compiler, "build/gcc ok" or "build/gcc FAILED", followed
 # for a failure by every diagnostic of OUR sources (make -k: all files are
 # compiled, so the list is complete), and exits non-zero if any build failed.
+# Then it checks that sql/lhdiscord--<version>.sql is what
+# tools/full_install_script assembles ("build/full-install-script ok").
 #
 # Flags: the CFLAGS PostgreSQL's configure chose (pg_config --cflags) and the
 # Makefile's PG_CFLAGS, minus the options the compiler at hand does not know
@@ -112,4 +114,17 @@ for cc in $COMPILERS; do
 		cp "$log" "$dir.flags" "$LHD_BUILD_LOGS/"
 	fi
 done
+
+# The full install script of the release is what tools/full_install_script
+# assembles from the versioned scripts (a change to one of them, or a new
+# upgrade script, must be followed by the tool).
+if [ -f "$ROOT/tools/full_install_script" ]; then
+	if out=$(bash "$ROOT/tools/full_install_script" --check 2>&1); then
+		echo "build/full-install-script ok"
+	else
+		echo "build/full-install-script FAILED"
+		echo "  $out"
+		status=1
+	fi
+fi
 exit $status
