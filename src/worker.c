@@ -57,6 +57,7 @@
 
 #include "lhdiscord.h"
 #include "lhd_access.h"
+#include "lhd_bgw.h"
 #include "lhd_engine.h"
 #include "lhd_shared.h"
 
@@ -105,129 +106,6 @@ static void
 worker_unregister(int code, Datum arg)
 {
 	lhd_worker_register(NULL);
-}
-
-/* Run fn in its own short transaction with SPI. */
-static void
-in_transaction(void (*fn) (void *), void *arg)
-{
-	MemoryContext caller = CurrentMemoryContext;
-
-	lhd_worker_xact_begin();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	fn(arg);
-	SPI_finish();
-	PopActiveSnapshot();
-	lhd_worker_xact_commit();
-	/* A commit leaves TopMemoryContext current: go back to the caller's. */
-	MemoryContextSwitchTo(caller);
-}
-
-/* An ERROR was recovered from: count it and show it in worker_status. */
-static void
-note_worker_error(const char *what, const char *message)
-{
-	pg_atomic_fetch_add_u64(&lhd_shared->worker_errors, 1);
-	lhd_set_last_error("worker error in %s: %s", what, message);
-}
-
-/*
- * Run fn in its own transaction; on ERROR, log it, roll back and return
- * false, leaving the drain (engine, claims, curl handles) untouched.  For the
- * schedule's steps, which must not stop the outbox when they fail (a
- * deadlock with the application, a statement timeout).
- */
-static bool
-protected_unit(void (*fn) (void *), void *arg, const char *what)
-{
-	MemoryContext caller = CurrentMemoryContext;
-	volatile bool ok = true;
-
-	PG_TRY();
-	{
-		in_transaction(fn, arg);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		/* PG_CATCH restored error_context_stack; clean up the rest. */
-		HOLD_INTERRUPTS();
-		MemoryContextSwitchTo(worker_cxt);
-		edata = CopyErrorData();
-		EmitErrorReport();
-		AbortOutOfAnyTransaction();
-		disable_timeout(STATEMENT_TIMEOUT, false);
-		MemoryContextSwitchTo(worker_cxt);
-		FlushErrorState();
-		note_worker_error(what, edata->message);
-		ereport(LOG,
-				(errmsg("lhdiscord worker: %s failed and was rolled back; it runs again later", what)));
-		FreeErrorData(edata);
-		RESUME_INTERRUPTS();
-		ok = false;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(caller);
-	return ok;
-}
-
-/* ---------- is the extension there, at our version? ---------- */
-
-static int64 ext_checked_until = 0;	/* known ready until then */
-
-static void
-check_extension(void *arg)
-{
-	static LhdPlan plan = {
-		.sql = "SELECT e.extversion FROM pg_catalog.pg_extension e "
-		"WHERE e.extname OPERATOR(pg_catalog.=) 'lhdiscord'::pg_catalog.name",
-		.nargs = 0
-	};
-	char	   *version = arg;		/* NAMEDATALEN bytes; "" = not installed */
-
-	version[0] = '\0';
-	if (lhd_exec(&plan, NULL, NULL, true, 1) == 1)
-		strlcpy(version, lhd_getattr_text(0, 1), NAMEDATALEN);
-}
-
-/*
- * Is the extension installed here, at the library's version?  Once it is,
- * trust that for a housekeeping interval (an error in between resets it).
- * Each state is logged once, when it begins.
- */
-static bool
-extension_ready(void)
-{
-	/* The state last logged: a version, "" (not installed), "?" (ready). */
-	static char reported[NAMEDATALEN + 1] = "?";
-	char		version[NAMEDATALEN];
-
-	if (lhd_now_ms() < ext_checked_until)
-		return true;
-	in_transaction(check_extension, version);
-	if (strcmp(version, LHD_VERSION) == 0)
-	{
-		strlcpy(reported, "?", sizeof(reported));
-		ext_checked_until = lhd_now_ms() + HOUSEKEEPING_MS;
-		return true;
-	}
-	if (strcmp(reported, version) != 0)
-	{
-		if (version[0] == '\0')
-			ereport(LOG,
-					(errmsg("lhdiscord worker: extension lhdiscord is not installed in database \"%s\"; waiting",
-							lhd_database),
-					 errhint("Run CREATE EXTENSION lhdiscord in that database, or set lhdiscord.database.")));
-		else
-			ereport(LOG,
-					(errmsg("lhdiscord worker: database \"%s\" has lhdiscord %s but the library is %s; waiting",
-							lhd_database, version, LHD_VERSION),
-					 errhint("Run ALTER EXTENSION lhdiscord UPDATE in that database.")));
-		strlcpy(reported, version, sizeof(reported));
-	}
-	return false;
 }
 
 /* ---------- the schedule ---------- */
@@ -356,7 +234,7 @@ static void
 run_reconcile(const char *why)
 {
 	pgstat_report_activity(STATE_RUNNING, psprintf("lhdiscord: reconcile (%s)", why));
-	if (!protected_unit(do_reconcile, (void *) why, "reconcile"))
+	if (!lhd_bgw_protected_unit(do_reconcile, (void *) why, "reconcile"))
 	{
 		/* A deadlock or timeout: try again soon, not a whole interval later. */
 		next_reconcile = lhd_now_ms() + Min((int64) Max(lhd_reconcile_interval, 1) * 1000, 5000);
@@ -382,7 +260,7 @@ run_schedule(void)
 	if (now >= next_housekeeping)
 	{
 		pgstat_report_activity(STATE_RUNNING, "lhdiscord: housekeeping");
-		(void) protected_unit(housekeeping, NULL, "housekeeping");
+		(void) lhd_bgw_protected_unit(housekeeping, NULL, "housekeeping");
 		next_housekeeping = lhd_now_ms() + HOUSEKEEPING_MS;
 		more = true;
 	}
@@ -390,17 +268,17 @@ run_schedule(void)
 	{
 		int			one = 1;
 
-		(void) protected_unit(retries_due_now, &one, "probing Discord");
+		(void) lhd_bgw_protected_unit(retries_due_now, &one, "probing Discord");
 		next_probe = now + OUTAGE_PROBE_MS;
 		more = true;
 	}
 	if (claims_to_release)
-		claims_to_release = !protected_unit(release_own_claims, &error_at, "giving back claimed jobs");
+		claims_to_release = !lhd_bgw_protected_unit(release_own_claims, &error_at, "giving back claimed jobs");
 	if (lhd_take_recovered())
 	{
 		int			all = 0;
 
-		(void) protected_unit(retries_due_now, &all, "making retries due");
+		(void) lhd_bgw_protected_unit(retries_due_now, &all, "making retries due");
 		more = true;
 	}
 	if (engine != NULL && engine->reconcile_requested)
@@ -424,27 +302,6 @@ run_schedule(void)
 
 /* ---------- settings and state ---------- */
 
-/* The worker session's own settings; again after every reload. */
-static void
-apply_session_settings(void)
-{
-	char		buf[32];
-
-	/* A superuser session: no schema the application owns is searched. */
-	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
-	snprintf(buf, sizeof(buf), "%d", lhd_worker_lock_timeout);
-	SetConfigOption("lock_timeout", buf, PGC_SUSET, PGC_S_OVERRIDE);
-	/*
-	 * The worker's own transactions (claims, outcomes) commit asynchronously:
-	 * a claim lost in a crash leaves its job pending, an outcome lost leaves
-	 * it claimed by a dead process and it is reclaimed; either way the job is
-	 * sent again, and every job is idempotent (role calls set state; DMs carry
-	 * their nonce, and their progress is flushed before the next part).  The
-	 * application's own commits are untouched.
-	 */
-	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
-}
-
 static void
 handle_reload(void)
 {
@@ -452,8 +309,8 @@ handle_reload(void)
 		return;
 	ConfigReloadPending = false;
 	ProcessConfigFile(PGC_SIGHUP);
-	apply_session_settings();
-	ext_checked_until = 0;
+	lhd_bgw_session_settings();
+	lhd_bgw_recheck_extension();
 	if (lhd_is_paused())
 		ereport(LOG, (errmsg("lhdiscord worker: configuration reloaded, sending resumes")));
 	lhd_set_paused(false, NULL);
@@ -464,21 +321,11 @@ handle_reload(void)
 	engine_stale = true;
 }
 
-/* Sleep until woken or ms have passed; interrupts (SIGTERM) are served. */
-static void
-wait_latch(int64 ms)
-{
-	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-					 (long) Max(ms, 1), PG_WAIT_EXTENSION);
-	ResetLatch(MyLatch);
-	CHECK_FOR_INTERRUPTS();
-}
-
 static void
 idle_wait(int64 ms)
 {
 	pgstat_report_activity(STATE_IDLE, NULL);
-	wait_latch(ms);
+	lhd_bgw_wait_latch(ms);
 }
 
 /* Invalid-request count, 429 wait and activity time, for worker_status. */
@@ -590,7 +437,7 @@ run_burst(void)
 			engine->inflight == 0 && engine->finished != NIL &&
 			lhd_now_ms() < engine->record_blocked_until)
 		{
-			wait_latch(engine->record_blocked_until - lhd_now_ms());
+			lhd_bgw_wait_latch(engine->record_blocked_until - lhd_now_ms());
 			exhausted = false;
 		}
 		/* A commit queued more work while we were busy, or a job came back. */
@@ -625,7 +472,7 @@ worker_iteration(void)
 
 	CHECK_FOR_INTERRUPTS();
 	handle_reload();
-	if (!extension_ready())
+	if (!lhd_bgw_extension_ready())
 	{
 		/* Poll often: ALTER EXTENSION ... UPDATE should not wait a minute. */
 		idle_wait(1000);
@@ -642,7 +489,7 @@ worker_iteration(void)
 		sleep_ms = Min(sleep_ms, Max(next_probe - lhd_now_ms(), 0));
 	if (!lhd_is_paused())
 	{
-		if (!protected_unit(next_due, &due, "computing the next due job"))
+		if (!lhd_bgw_protected_unit(next_due, &due, "computing the next due job"))
 			due = 1000;
 		if (due >= 0)
 			sleep_ms = Min(sleep_ms, due);
@@ -691,9 +538,9 @@ recover_from_error(void)
 	}
 	MemoryContextReset(burst_cxt);
 	MemoryContextReset(iteration_cxt);
-	note_worker_error("the outbox drain", edata->message);
+	lhd_bgw_note_error("the outbox drain", edata->message);
 	FreeErrorData(edata);
-	ext_checked_until = 0;		/* the extension may be gone: check again */
+	lhd_bgw_recheck_extension();	/* the extension may be gone: check again */
 	consecutive_errors++;
 	backoff = Min((int64) 1000 << Min(consecutive_errors - 1, 5), 30000);
 	ereport(LOG,
@@ -706,7 +553,7 @@ recover_from_error(void)
 	 * logged, and the schedule tries again.
 	 */
 	error_at = GetCurrentTimestamp();
-	claims_to_release = !protected_unit(release_own_claims, &error_at, "giving back claimed jobs");
+	claims_to_release = !lhd_bgw_protected_unit(release_own_claims, &error_at, "giving back claimed jobs");
 
 	/* Back off, still serving SIGTERM, reloads and postmaster death. */
 	{
@@ -714,7 +561,7 @@ recover_from_error(void)
 
 		pgstat_report_activity(STATE_IDLE, "lhdiscord: backing off after an error");
 		while (lhd_now_ms() < until)
-			wait_latch(until - lhd_now_ms());
+			lhd_bgw_wait_latch(until - lhd_now_ms());
 	}
 }
 
@@ -737,8 +584,9 @@ lhdiscord_worker_main(Datum main_arg)
 	burst_cxt = AllocSetContextCreate(worker_cxt, "lhdiscord worker burst",
 									  ALLOCSET_DEFAULT_SIZES);
 	MemoryContextSwitchTo(worker_cxt);
+	lhd_bgw_cxt = worker_cxt;
 
-	apply_session_settings();
+	lhd_bgw_session_settings();
 	lhd_worker_register(MyLatch);
 	before_shmem_exit(worker_unregister, (Datum) 0);
 	ereport(LOG,
