@@ -100,7 +100,7 @@ magic_major() { # magic_major LIBRARY
 #
 do_build() {
 	local v versions committed log="$DIR/build.log" rc pgc major magic inc others deb list exp f path
-	local lib share dep problems compiles
+	local lib share dep problems compiles nodeps
 
 	# The package's version is the release's.
 	if [ "$UPSTREAM" = "$(sed -nE "s/^default_version *= *'([^']*)'.*/\1/p" "$ROOT/lhdiscord.control")" ]; then
@@ -138,17 +138,23 @@ do_build() {
 		bad versions "pg_buildext supported-versions ($(echo $versions)) lacks $LHD_PG_MAJOR"
 	fi
 
-	# The declared Build-Depends must be installed.  -I: the implicit
-	# build-essential meta package is not required (the compilers and make
-	# are test/lib.sh's), hence dpkg-buildpackage -d below.
+	# The declared Build-Depends must be installed.  dpkg also requires the
+	# build-essential meta package, which test/lib.sh's lists do not name
+	# (they name the compilers and make): without it, check the declared
+	# ones alone (-I) and build with -d.
 	if (cd "$SRC" && dpkg-checkbuilddeps -I); then
 		ok build-depends
 	else
 		bad build-depends "dpkg-checkbuilddeps: see above"
 	fi
+	nodeps=()
+	if [ "$(dpkg-query -W -f='${db:Status-Status}' build-essential 2>/dev/null || true)" != installed ]; then
+		echo "build-essential is not installed: dpkg-buildpackage -d"
+		nodeps=(-d)
+	fi
 
 	set +e
-	(cd "$SRC" && dpkg-buildpackage -us -uc -b -d) >"$log" 2>&1
+	(cd "$SRC" && dpkg-buildpackage -us -uc -b "${nodeps[@]}") >"$log" 2>&1
 	rc=$?
 	set -e
 	if [ $rc -ne 0 ]; then
