@@ -12,6 +12,13 @@ thousands of small requests per second on one core.
 Usage:
     mock_discord.py --host 127.0.0.1 --port 0 --port-file FILE [--log FILE]
                     [--bot-token TOKEN] [--client-id ID] [--client-secret SECRET]
+                    [--gateway-port 0 [--gateway-port-file FILE]]
+
+--gateway-port enables the Gateway (WebSocket, gateway.py, needs Debian's
+python3-websockets; without the flag that module is never imported) on the
+same host and event loop, sharing the guild and member state; 0 picks a free
+port. Its port is written to --gateway-port-file (like --port-file, and
+before the REST port file appears) and its URL is in GET /gateway/bot.
 
 With --port 0 a free port is chosen; once the server is listening the port
 number is written to --port-file (temp file + rename, so readers never see a
@@ -27,6 +34,9 @@ Emulated Discord routes (all under /api/v10 unless noted):
     GET        /users/@me                       (Bot or Bearer auth)  200 user
     POST       /oauth2/token                  (form, client auth)     200 tokens
     GET        /oauth2/authorize     (server root, not /api/v10)      302 redirect
+    GET        /gateway/bot   (only with --gateway-port)              200 {url,
+                                      shards, session_start_limit}
+    GET        /gateway       (only with --gateway-port, no auth)     200 {url}
 Bot routes need "Authorization: Bot <token>"; errors use Discord's JSON error
 bodies and codes. Per-route buckets and the global limit send X-RateLimit-*
 headers and 429s the way Discord documents them.
@@ -49,6 +59,8 @@ Control API (no auth, JSON in and out, never recorded):
     POST   /_mock/members                     {guild_id, id, roles, nick, ...}
     GET    /_mock/members/{guild_id}/{user_id}  {"roles": [...]} or 404
     DELETE /_mock/members/{guild_id}/{user_id}  the member leaves
+    PUT|DELETE /_mock/members/{guild_id}/{user_id}/roles/{role_id}
+                                              a moderator gives/takes a role
     GET|POST|DELETE /_mock/faults             list / add rule(s) / clear
     POST   /_mock/oauth/next_user             {user_id, sticky}
     POST   /_mock/oauth/codes                 {user_id, redirect_uri, scope,
@@ -59,7 +71,26 @@ Control API (no auth, JSON in and out, never recorded):
     GET    /_mock/requests?since=&path_prefix=&method=&limit=
     GET    /_mock/messages                    messages in creation order
     GET    /_mock/stats                       counters, incl. max_per_second
-The docstrings of the c_* methods give the exact fields.
+    GET    /_mock/gateway                     Gateway {url, resume_url, config}
+    GET|POST /_mock/gateway/config            heartbeat_interval, hello_delay_ms,
+                                              ack_heartbeats, session_start_limit,
+                                              command_limit, privileged_intents, ...
+    POST   /_mock/gateway/faults              {action: drop | close (code,
+                                              reason, resumable) | reconnect |
+                                              invalid_session (resumable) |
+                                              heartbeat | stop_acks | resume_acks |
+                                              mute | unmute | refuse_resume (count),
+                                              session_id?, connection_id?}
+    POST   /_mock/gateway/dispatch            {t, d, session_id?} a raw event
+    GET|DELETE /_mock/gateway/stats           identifies, resumes, connections,
+                                              commands per op, heartbeats, closes
+                                              and last_close_code, with times
+The docstrings of the c_* methods give the exact fields; gateway.py's
+docstring gives the Gateway's protocol, events, config, faults and counters.
+With the Gateway on, member changes made through the control API (members,
+their roles, DELETE) and by the bot's REST calls (role PUT/DELETE, guild
+member add) are sent as GUILD_MEMBER_ADD/UPDATE/REMOVE, a new guild as
+GUILD_CREATE, and /_mock/reset sends GUILD_DELETEs and resets the Gateway.
 
 Rate limits (POST /_mock/config):
     "buckets": {"default": {"limit": 10, "window": 1.0},
@@ -229,6 +260,11 @@ ROUTE_TABLE = (
      "h_create_message", "POST /channels/{channel_id}/messages", "bot"),
     ("POST", API_PREFIX + "/oauth2/token", "h_oauth_token", None, "none"),
     ("GET", "/oauth2/authorize", "h_oauth_authorize", None, "none"),
+)
+# Routes that exist only with the Gateway on (--gateway-port).
+GATEWAY_ROUTE_TABLE = (
+    ("GET", API_PREFIX + "/gateway/bot", "h_gateway_bot", None, "bot"),
+    ("GET", API_PREFIX + "/gateway", "h_gateway", None, "none"),
 )
 
 # Rate-limit header names in the three supported spellings.
@@ -705,12 +741,32 @@ class MockDiscord:
         self.connections_total = 0
         # Routes grouped by number of path segments for quick matching.
         self.routes = {}
-        for method, template, handler, bucket, auth in ROUTE_TABLE:
+        self.add_routes(ROUTE_TABLE)
+        self.gateway = None         # a gateway.Gateway once attach_gateway ran
+        self.reset(*self.cli_credentials)
+
+    def add_routes(self, table):
+        for method, template, handler, bucket, auth in table:
             parts_len = len(template.split("/"))
             group = self.routes.setdefault(parts_len, {})
             group.setdefault(template, {})[method] = Route(
                 method, template, getattr(self, handler), bucket, auth)
-        self.reset(*self.cli_credentials)
+
+    # ---- Gateway hooks (no-ops while the Gateway is off) -------------------
+
+    def attach_gateway(self, gateway):
+        self.gateway = gateway
+        self.add_routes(GATEWAY_ROUTE_TABLE)
+
+    def member_before(self, guild, uid):
+        """The member's JSON before a change, for member_changed."""
+        if self.gateway is None or uid not in guild.members:
+            return None
+        return self.member_json(guild, uid)
+
+    def member_changed(self, guild, uid, before):
+        if self.gateway is not None:
+            self.gateway.member_changed(guild, uid, before)
 
     # ---- state and configuration -----------------------------------------
 
@@ -1202,7 +1258,9 @@ class MockDiscord:
         guild, uid, role = self._role_target(params)
         roles = guild.members[uid]
         if role not in roles:
+            before = self.member_before(guild, uid)
             guild.members[uid] = roles + (role,)
+            self.member_changed(guild, uid, before)
         return Reply(204)
 
     def h_remove_role(self, req, params):
@@ -1210,7 +1268,9 @@ class MockDiscord:
         guild, uid, role = self._role_target(params)
         roles = guild.members[uid]
         if role in roles:
+            before = self.member_before(guild, uid)
             guild.members[uid] = tuple(r for r in roles if r != role)
+            self.member_changed(guild, uid, before)
         return Reply(204)
 
     def h_get_member(self, req, params):
@@ -1274,7 +1334,16 @@ class MockDiscord:
         info = MemberInfo(nick=body.get("nick"), joined_at=iso_time(time.time()),
                           deaf=bool(body.get("deaf")), mute=bool(body.get("mute")))
         guild.add_member(uid, dict.fromkeys(roles), info)
+        self.member_changed(guild, uid, None)
         return json_reply(201, self.member_json(guild, uid))
+
+    def h_gateway_bot(self, req, params):
+        """GET /gateway/bot (with the Gateway on)"""
+        return json_reply(200, self.gateway.bot_info())
+
+    def h_gateway(self, req, params):
+        """GET /gateway (with the Gateway on; no auth)"""
+        return json_reply(200, {"url": self.gateway.url})
 
     def h_create_dm(self, req, params):
         """POST /users/@me/channels {"recipient_id": snowflake}"""
@@ -1545,6 +1614,8 @@ class MockDiscord:
     def c_reset(self, method, rest, body, req):
         """POST /_mock/reset [config fields]"""
         self._method(method, "POST")
+        if self.gateway is not None:
+            self.gateway.on_reset()
         self.reset(*self.cli_credentials)
         if body:
             self.apply_config(body)
@@ -1602,7 +1673,10 @@ class MockDiscord:
                                          or guild.default_joined_at)
         if body.get("members"):
             guild.ids = sorted(guild.members)
+        replaced = gid in self.guilds
         self.guilds[gid] = guild
+        if self.gateway is not None:
+            self.gateway.guild_created(guild, replaced)
         return json_reply(200, {"id": gid, "member_count": len(guild.members)})
 
     def _member_user(self, m):
@@ -1638,30 +1712,60 @@ class MockDiscord:
 
     def c_members(self, method, rest, body, req):
         """POST /_mock/members {"guild_id", "id", "roles", "nick", ...};
-        GET|DELETE /_mock/members/{guild_id}/{user_id}."""
+        GET|DELETE /_mock/members/{guild_id}/{user_id};
+        PUT|DELETE /_mock/members/{guild_id}/{user_id}/roles/{role_id}."""
         if method == "POST":
             if not isinstance(body, dict):
                 raise ControlError(400, "body must be a JSON object")
             guild = self.guilds.get(str(body.get("guild_id")))
             if guild is None:
                 raise ControlError(404, "unknown guild")
+            before = self.member_before(guild, self._uid(body.get("id")))
             uid = self._member_user(body)
             roles = self._roles(body.get("roles"))
             guild.roles.update(roles)
+            # With the Gateway on, a member who is changed (not re-joined)
+            # keeps joined_at, so that an unchanged member sends no event.
+            old = guild.info.get(uid)
             guild.add_member(uid, roles, MemberInfo(
-                body.get("nick"), body.get("joined_at") or iso_time(time.time())))
+                body.get("nick"), body.get("joined_at")
+                or (old.joined_at if old and before else iso_time(time.time()))))
+            self.member_changed(guild, uid, before)
             return json_reply(200, {"roles": roles})
-        self._method(method, "GET", "DELETE")
-        if len(rest) != 2:
+        if len(rest) == 4 and rest[2] == "roles":
+            self._method(method, "PUT", "DELETE")
+            role = self._roles([rest[3]])[0]
+        elif len(rest) == 2:
+            self._method(method, "GET", "DELETE")
+        else:
             raise ControlError(404, "use /_mock/members/{guild_id}/{user_id}")
         guild = self.guilds.get(rest[0])
         uid = self._uid(rest[1])
         if guild is None or uid not in guild.members:
             raise ControlError(404, "unknown member")
+        before = self.member_before(guild, uid)
+        if len(rest) == 4:
+            roles = guild.members[uid]
+            if method == "PUT":
+                guild.roles.add(role)
+                roles = roles if role in roles else roles + (role,)
+            else:
+                roles = tuple(r for r in roles if r != role)
+            guild.members[uid] = roles
+            self.member_changed(guild, uid, before)
+            return json_reply(200, {"roles": list(roles)})
         if method == "DELETE":
             guild.remove_member(uid)
+            self.member_changed(guild, uid, before)
             return json_reply(200, {"deleted": True})
         return json_reply(200, {"roles": list(guild.members[uid])})
+
+    def c_gateway(self, method, rest, body, req):
+        """/_mock/gateway/... (see gateway.py); 404 without the Gateway."""
+        if self.gateway is None:
+            raise ControlError(404, "the Gateway is off (start with --gateway-port)")
+        status, obj = self.gateway.control(method, rest, body if body is not None else {})
+        return json_reply(status, obj)
 
     def c_faults(self, method, rest, body, req):
         """POST a rule or a list of rules; GET lists; DELETE clears."""
@@ -2152,6 +2256,22 @@ def write_port_file(path, port):
 async def serve(args):
     app = MockDiscord(args.bot_token, args.client_id, args.client_secret, args.log)
     loop = asyncio.get_running_loop()
+    gw = None
+    if args.gateway_port is not None:
+        sys.dont_write_bytecode = True      # leave no __pycache__ in the tree
+        try:
+            import gateway      # only here: it needs python3-websockets
+        except ImportError as err:
+            print("mock_discord: --gateway-port needs python3-websockets (%s)" % err,
+                  file=sys.stderr, flush=True)
+            return 1
+        gw = gateway.Gateway(app, args.host)
+        gw_port = await gw.start(args.gateway_port)
+        app.attach_gateway(gw)
+        if args.gateway_port_file:
+            write_port_file(args.gateway_port_file, gw_port)
+        print("mock_discord Gateway on %s (resume %s)" % (gw.url, gw.resume_url),
+              file=sys.stderr, flush=True)
     server = await loop.create_server(lambda: HttpProtocol(app), args.host,
                                       args.port, backlog=1024,
                                       reuse_address=True)
@@ -2171,15 +2291,20 @@ async def serve(args):
         if conn.transport is not None:
             conn.transport.abort()
     await server.wait_closed()
+    if gw is not None:
+        await gw.stop()
     if app.log_fp is not None:
         app.log_fp.close()
-    if args.port_file:
-        try:
-            with open(args.port_file) as fp:
-                if fp.read().strip() == str(port):
-                    os.unlink(args.port_file)
-        except OSError:
-            pass
+    for path, value in ((args.port_file, port),
+                        (args.gateway_port_file, gw and gw_port)):
+        if path:
+            try:
+                with open(path) as fp:
+                    if fp.read().strip() == str(value):
+                        os.unlink(path)
+            except OSError:
+                pass
+    return 0
 
 
 def main(argv=None):
@@ -2193,14 +2318,18 @@ def main(argv=None):
     parser.add_argument("--bot-token", default=DEFAULT_BOT_TOKEN)
     parser.add_argument("--client-id", default=DEFAULT_CLIENT_ID)
     parser.add_argument("--client-secret", default=DEFAULT_CLIENT_SECRET)
+    parser.add_argument("--gateway-port", type=int,
+                        help="enable the Gateway on this port (0 = pick a free one)")
+    parser.add_argument("--gateway-port-file", help="write the Gateway's port here")
     args = parser.parse_args(argv)
+    if args.gateway_port_file and args.gateway_port is None:
+        parser.error("--gateway-port-file needs --gateway-port")
     if args.port == 0 and not args.port_file:
         parser.error("--port 0 needs --port-file")
     if not is_loopback(args.host):
         parser.error("--host must be a loopback address (the control API "
                      "has no authentication)")
-    asyncio.run(serve(args))
-    return 0
+    return asyncio.run(serve(args))
 
 
 if __name__ == "__main__":

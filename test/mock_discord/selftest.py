@@ -3,7 +3,9 @@
 Self-test of mock_discord.py (python unittest, standard library only).
 
 Starts the mock on an ephemeral loopback port and drives every feature over
-real HTTP with http.client and raw sockets. Run:
+real HTTP with http.client and raw sockets. Its last test runs the Gateway's
+own selftest, gateway_selftest.py, under /usr/bin/python3 (it needs
+python3-websockets, and fails without it). Run:
     /usr/bin/python3 test/mock_discord/selftest.py [-v]
 """
 
@@ -11,6 +13,7 @@ import base64
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -1316,6 +1319,21 @@ class J_Lifecycle(unittest.TestCase):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+class K_Gateway(unittest.TestCase):
+    """The Gateway (gateway.py) has a selftest of its own, run here last."""
+
+    def test_gateway_selftest(self):
+        out = subprocess.run([PYTHON, os.path.join(HERE, "gateway_selftest.py")],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             timeout=300)
+        text = out.stdout.decode(errors="replace")
+        if out.returncode != 0:
+            self.fail("gateway_selftest.py exited %d:\n%s" % (out.returncode, text[-8000:]))
+        summary = re.findall(r"100,000 members[^\n]*?chunking [\d.]+ MiB|Ran \d+ tests in [\d.]+s",
+                             text)
+        sys.stderr.write("\n    gateway_selftest: %s " % "; ".join(summary))
 
 
 if __name__ == "__main__":
