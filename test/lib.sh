@@ -26,11 +26,12 @@ esac
 export LHD_PG_MAJOR
 LHD_PG_BIN=/usr/lib/postgresql/$LHD_PG_MAJOR/bin
 LHD_PGXS=/usr/lib/postgresql/$LHD_PG_MAJOR/lib/pgxs
-LHD_PACKAGES="postgresql-$LHD_PG_MAJOR postgresql-server-dev-$LHD_PG_MAJOR libcurl4-openssl-dev libjansson-dev libssl-dev libipc-run-perl python3 make gcc clang wrk"
+LHD_PACKAGES="postgresql-$LHD_PG_MAJOR postgresql-server-dev-$LHD_PG_MAJOR libcurl4-openssl-dev libjansson-dev libssl-dev libwebsockets-dev libipc-run-perl python3 make gcc clang wrk"
 # What only the suite (test/run) needs on top: the PHP portal client's test,
+# the mock's Gateway (WebSocket) endpoint,
 # the Prometheus exporter the metrics test scrapes, and the Debian packaging
 # tools the package phase builds the .deb with.
-LHD_SUITE_PACKAGES="php-cli php-pgsql prometheus-postgres-exporter debhelper dpkg-dev fakeroot postgresql-server-dev-all"
+LHD_SUITE_PACKAGES="build-essential php-cli php-pgsql prometheus-postgres-exporter python3-websockets debhelper dpkg-dev fakeroot postgresql-server-dev-all"
 LHD_TEST_KEY=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
 
 lhd_log() { printf '==> [%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }

@@ -218,7 +218,7 @@ do_build() {
 			esac
 		done
 		f=$(dpkg-deb -f "$deb" Depends)
-		for dep in "postgresql-$v" 'libcurl4(t64)?' libjansson4 'libssl3(t64)?'; do
+		for dep in "postgresql-$v" 'libcurl4(t64)?' libjansson4 'libssl3(t64)?' 'libwebsockets[0-9]+(t64)?'; do
 			grep -qE "(^|, )$dep( |,|$)" <<<"$f" || problems+=" no-Depends-on:$dep"
 		done
 		if [ -z "$problems" ]; then
