@@ -81,7 +81,7 @@ lhd_build_install() {
 lhd_make_workdir() {
 	local root=$1 work
 	work=$(mktemp -d /tmp/lhdiscord-test.XXXXXX)
-	cp -r "$root/sql" "$root/expected" "$root/test" "$work/"
+	cp -r "$root/sql" "$root/expected" "$root/test" "$root/examples" "$work/"
 	# What test/t/240_meta_json.pl checks META.json against.
 	(cd "$root" && cp --parents META.json lhdiscord.control src/lhdiscord.h "$work/")
 	chown -R postgres: "$work"
