@@ -18,7 +18,7 @@ ISOLATION  = $(sort $(patsubst test/isolation/specs/%.spec,%,$(wildcard test/iso
 ISOLATION_OPTS = --inputdir=test/isolation
 
 PG_CPPFLAGS = -I$(srcdir)/src
-SHLIB_LINK  = -lcurl -ljansson -lcrypto
+SHLIB_LINK  = -lcurl -ljansson -lcrypto -lwebsockets
 PG_CFLAGS   = -Wshadow=compatible-local
 
 EXTRA_CLEAN = test/results test/isolation/output_iso

@@ -64,6 +64,7 @@ int			lhd_worker_statement_timeout = 60000;
 int			lhd_rate_limit_max_wait = 3600;
 int			lhd_job_max_age = 86400;
 int			lhd_retry_max_delay = 300;
+bool		lhd_gateway_enabled = false;
 
 static const struct config_enum_entry api_mode_options[] = {
 	{"live", LHD_API_LIVE, false},
@@ -677,6 +678,15 @@ lhd_define_gucs(void)
 							PGC_SUSET,
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("lhdiscord.gateway",
+							 "Keep a Discord Gateway session (a second background worker) and act on member events at once.",
+							 "Needs the GUILD_MEMBERS privileged intent for the bot. Read at server start.",
+							 &lhd_gateway_enabled,
+							 false,
+							 PGC_POSTMASTER,
+							 0,
+							 NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("lhdiscord");
 }

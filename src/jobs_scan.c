@@ -151,7 +151,7 @@ lhd_scan_record(LhdEngine *e, List *tasks)
 									 DirectFunctionCall1(jsonb_in, CStringGetDatum(st->page)));
 		if (t->outcome == LHD_OUT_DONE)
 		{
-			lhd_snapshot_complete(st->snapshot_id, true);
+			lhd_snapshot_complete(st->snapshot_id, "scan");
 			e->reconcile_requested = true;
 		}
 	}

@@ -280,3 +280,201 @@ lhd_json_member_body(const char *user_id, char **roles, int n)
 	json_object_set_new(root, "roles", arr);
 	return dump(root);
 }
+
+/* ---------- the Gateway (gateway.c) ---------- */
+
+/* The id and role ids of a guild member object (or a user, for a REMOVE). */
+static void
+gateway_member(json_t *d, LhdGwMember *m)
+{
+	json_t	   *roles = json_object_get(d, "roles");
+	size_t		i;
+	json_t	   *v;
+
+	m->user_id = dup_id(json_object_get(json_object_get(d, "user"), "id"));
+	m->has_roles = json_is_array(roles);
+	m->nroles = 0;
+	m->roles = palloc0(sizeof(char *) * (m->has_roles ? json_array_size(roles) + 1 : 1));
+	if (m->has_roles)
+		json_array_foreach(roles, i, v)
+		{
+			char	   *id = dup_id(v);
+
+			if (id)
+				m->roles[m->nroles++] = id;
+		}
+}
+
+/*
+ * A Gateway payload {"op", "d", "s", "t"}: the fields the Gateway worker
+ * acts on, by opcode and dispatch type.  False when it is no JSON object
+ * with an integer op.
+ */
+bool
+lhd_json_gateway_frame(const char *text, LhdGwFrame *f)
+{
+	json_t	   *root = load(text);
+	json_t	   *op;
+	json_t	   *s;
+	json_t	   *d;
+
+	memset(f, 0, sizeof(*f));
+	if (root == NULL || !json_is_object(root) || !json_is_integer(op = json_object_get(root, "op")))
+	{
+		if (root)
+			json_decref(root);
+		return false;
+	}
+	f->op = (int) json_integer_value(op);
+	s = json_object_get(root, "s");
+	if (json_is_integer(s))
+	{
+		f->has_seq = true;
+		f->seq = (long long) json_integer_value(s);
+	}
+	f->type = dup_string(json_object_get(root, "t"));
+	d = json_object_get(root, "d");
+
+	switch (f->op)
+	{
+		case LHD_GW_OP_HELLO:
+			{
+				json_t	   *hb = json_object_get(d, "heartbeat_interval");
+
+				f->heartbeat_interval = json_is_number(hb) ? (long) json_number_value(hb) : 0;
+			}
+			break;
+		case LHD_GW_OP_INVALID_SESSION:
+			f->resumable = json_is_true(d);
+			break;
+		case LHD_GW_OP_DISPATCH:
+			if (f->type == NULL || !json_is_object(d))
+				break;
+			f->guild_id = dup_id(json_object_get(d, "guild_id"));
+			if (strcmp(f->type, "READY") == 0)
+			{
+				f->session_id = dup_string(json_object_get(d, "session_id"));
+				f->resume_url = dup_string(json_object_get(d, "resume_gateway_url"));
+			}
+			else if (strcmp(f->type, "GUILD_CREATE") == 0)
+			{
+				json_t	   *mc = json_object_get(d, "member_count");
+
+				f->guild_id = dup_id(json_object_get(d, "id"));
+				f->member_count = json_is_integer(mc) ? (long) json_integer_value(mc) : -1;
+			}
+			else if (strcmp(f->type, "GUILD_MEMBER_ADD") == 0 ||
+					 strcmp(f->type, "GUILD_MEMBER_UPDATE") == 0 ||
+					 strcmp(f->type, "GUILD_MEMBER_REMOVE") == 0)
+				gateway_member(d, &f->member);
+			else if (strcmp(f->type, "GUILD_MEMBERS_CHUNK") == 0)
+			{
+				json_t	   *members = json_object_get(d, "members");
+				json_t	   *v;
+
+				v = json_object_get(d, "chunk_index");
+				f->chunk_index = json_is_integer(v) ? (int) json_integer_value(v) : 0;
+				v = json_object_get(d, "chunk_count");
+				f->chunk_count = json_is_integer(v) ? (int) json_integer_value(v) : 1;
+				f->chunk_nonce = dup_string(json_object_get(d, "nonce"));
+				if (json_is_array(members))
+				{
+					char	   *raw = json_dumps(members, JSON_COMPACT);
+
+					if (raw != NULL)
+					{
+						f->members_json = pstrdup(raw);
+						free(raw);
+					}
+					f->nmembers = (int) json_array_size(members);
+				}
+			}
+			break;
+		default:
+			break;
+	}
+	json_decref(root);
+	return true;
+}
+
+/* GET /gateway/bot: the URL and the session start limit. */
+bool
+lhd_json_gateway_bot(const char *body, LhdGwBot *out)
+{
+	json_t	   *root = load(body);
+	json_t	   *limit;
+	json_t	   *v;
+
+	memset(out, 0, sizeof(*out));
+	out->max_concurrency = 1;
+	if (root == NULL || !json_is_object(root))
+	{
+		if (root)
+			json_decref(root);
+		return false;
+	}
+	out->url = dup_string(json_object_get(root, "url"));
+	limit = json_object_get(root, "session_start_limit");
+	v = json_object_get(limit, "remaining");
+	out->remaining = json_is_integer(v) ? (long) json_integer_value(v) : -1;
+	v = json_object_get(limit, "reset_after");
+	out->reset_after_ms = json_is_integer(v) ? (long) json_integer_value(v) : 0;
+	v = json_object_get(limit, "max_concurrency");
+	if (json_is_integer(v) && json_integer_value(v) > 0)
+		out->max_concurrency = (int) json_integer_value(v);
+	json_decref(root);
+	return out->url != NULL;
+}
+
+/* IDENTIFY (op 2): holds the bot token; the caller wipes it after sending. */
+char *
+lhd_json_gateway_identify(const char *token, int intents)
+{
+	json_t	   *root = json_pack("{s:i, s:{s:s, s:i, s:{s:s, s:s, s:s}}}",
+								 "op", LHD_GW_OP_IDENTIFY, "d",
+								 "token", token, "intents", intents,
+								 "properties", "os", "linux", "browser", "lhdiscord",
+								 "device", "lhdiscord");
+
+	if (root == NULL)
+		elog(ERROR, "lhdiscord: out of memory building JSON");
+	return dump(root);
+}
+
+/* RESUME (op 6): holds the bot token too. */
+char *
+lhd_json_gateway_resume(const char *token, const char *session_id, long long seq)
+{
+	json_t	   *root = json_pack("{s:i, s:{s:s, s:s, s:I}}",
+								 "op", LHD_GW_OP_RESUME, "d",
+								 "token", token, "session_id", session_id, "seq", (json_int_t) seq);
+
+	if (root == NULL)
+		elog(ERROR, "lhdiscord: out of memory building JSON");
+	return dump(root);
+}
+
+/* HEARTBEAT (op 1): the last sequence number, or null before the first. */
+char *
+lhd_json_gateway_heartbeat(bool has_seq, long long seq)
+{
+	json_t	   *root = has_seq ? json_pack("{s:i, s:I}", "op", LHD_GW_OP_HEARTBEAT, "d", (json_int_t) seq)
+		: json_pack("{s:i, s:n}", "op", LHD_GW_OP_HEARTBEAT, "d");
+
+	if (root == NULL)
+		elog(ERROR, "lhdiscord: out of memory building JSON");
+	return dump(root);
+}
+
+/* REQUEST_GUILD_MEMBERS (op 8): every member, in chunks, tagged with nonce. */
+char *
+lhd_json_gateway_request_members(const char *guild_id, const char *nonce)
+{
+	json_t	   *root = json_pack("{s:i, s:{s:s, s:s, s:i, s:s}}",
+								 "op", LHD_GW_OP_REQUEST_GUILD_MEMBERS, "d",
+								 "guild_id", guild_id, "query", "", "limit", 0, "nonce", nonce);
+
+	if (root == NULL)
+		elog(ERROR, "lhdiscord: out of memory building JSON");
+	return dump(root);
+}

@@ -50,10 +50,12 @@ extern void lhd_access_context(LhdAccessContext *ctx);
 
 /* reconcile.c: reconcile one user (the in_scope trigger). */
 extern int	lhd_reconcile_user_internal(int64 user_id);
+extern int	lhd_reconcile_user_because(int64 user_id, const char *evidence);
 extern int64 lhd_reconcile_all_internal(void);
 
 /* snapshot.c */
 extern int	lhd_snapshot_add_members(int64 snapshot_id, Datum members);
-extern bool lhd_snapshot_complete(int64 snapshot_id, bool from_scan);
+extern bool lhd_snapshot_complete(int64 snapshot_id, const char *source);
+extern int64 lhd_snapshot_new(TimestampTz taken_at, const char *source);
 
 #endif							/* LHD_ACCESS_H */

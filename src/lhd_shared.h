@@ -15,6 +15,23 @@
 
 #define LHD_ERROR_LEN 512
 
+/* The Gateway worker's state (gateway.c), shown by worker_status. */
+typedef struct LhdGatewayStatus
+{
+	int			pid;			/* 0 while no Gateway worker runs */
+	char		state[16];		/* connecting, identifying, resuming, connected, backoff, stopped */
+	bool		seeded;			/* the member listing of this session is complete */
+	int64		snapshot_id;	/* the live member snapshot, 0 = none */
+	TimestampTz connected_at;	/* READY or RESUMED of the current session */
+	TimestampTz last_event_at;	/* last member event or heartbeat ACK */
+	long long	seq;			/* last sequence number */
+	int64		events;			/* member events applied */
+	int64		resumes;		/* sessions resumed */
+	int64		reconnects;		/* connections after the first */
+	int64		identifies;		/* IDENTIFY sent */
+	char		alarm[256];		/* why it stopped reconnecting, and the fix */
+} LhdGatewayStatus;
+
 typedef struct LhdShared
 {
 	/* Protected by mutex. */
@@ -36,6 +53,7 @@ typedef struct LhdShared
 	TimestampTz rate_limited_until;	/* a pending global 429 wait, or 0 */
 	char		serving_lane[16];	/* highest lane of the last claim */
 	bool		token_verified; /* the probe accepted the current bot token */
+	LhdGatewayStatus gateway;
 
 	/* Counters (atomics, no lock). */
 	pg_atomic_uint64 calls;
@@ -66,5 +84,6 @@ extern bool lhd_discord_failing(void);
 extern void lhd_set_rate_limited_until(TimestampTz until);
 extern void lhd_set_serving_lane(const char *lane);
 extern void lhd_set_token_verified(bool verified);
+extern void lhd_gateway_publish(const LhdGatewayStatus *status);
 
 #endif							/* LHD_SHARED_H */

@@ -83,6 +83,7 @@ extern int	lhd_worker_statement_timeout;
 extern int	lhd_rate_limit_max_wait;
 extern int	lhd_job_max_age;
 extern int	lhd_snapshot_retention;
+extern bool lhd_gateway_enabled;
 
 extern void lhd_define_gucs(void);
 
@@ -192,6 +193,7 @@ extern char *lhd_role_id_for_key(const char *key);
 
 extern bool lhd_am_worker;
 extern void lhd_register_worker(void);
+extern void lhd_register_gateway(void);
 
 /* ---------- triggers.c ---------- */
 

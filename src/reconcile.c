@@ -47,6 +47,9 @@ PG_FUNCTION_INFO_V1(restore_user);
 /* A guard never trips for this many suspensions or fewer. */
 #define GUARD_MIN_SUSPENSIONS 10
 
+/* A JSON object naming what prompted the decision, or NULL (see below). */
+static const char *reconcile_evidence = NULL;
+
 /* ---------- the decision matrix ---------- */
 
 static const char *const rule_names[] = {
@@ -338,6 +341,9 @@ decision_json(const Change *c, const LhdAccessContext *ctx, const char *new_stat
 	lhd_json_append_str(&b, "old_status", c->old_status, &first);
 	lhd_json_append_str(&b, "new_status", new_status, &first);
 	lhd_json_append_str(&b, "jml", c->jml, &first);
+	/* What prompted a decision made outside a reconcile run (a Gateway event). */
+	if (reconcile_evidence != NULL)
+		lhd_json_append_raw(&b, "evidence", reconcile_evidence, &first);
 	appendStringInfoChar(&b, '}');
 	return b.data;
 }
@@ -909,6 +915,29 @@ lhd_reconcile_user_internal(int64 user_id)
 		if (res.changes[i].returned)
 			changed++;
 	SPI_finish();
+	return changed;
+}
+
+/*
+ * For the Gateway worker: reconcile one user because of a member event;
+ * evidence (a JSON object naming the event and its sequence number) goes
+ * into the audit row of any change.  Returns rows changed.
+ */
+int
+lhd_reconcile_user_because(int64 user_id, const char *evidence)
+{
+	int			changed;
+
+	reconcile_evidence = evidence;
+	PG_TRY();
+	{
+		changed = lhd_reconcile_user_internal(user_id);
+	}
+	PG_FINALLY();
+	{
+		reconcile_evidence = NULL;
+	}
+	PG_END_TRY();
 	return changed;
 }
 

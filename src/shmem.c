@@ -31,6 +31,7 @@
 #include "lhd_shared.h"
 
 PG_FUNCTION_INFO_V1(worker_state);
+PG_FUNCTION_INFO_V1(gateway_state);
 PG_FUNCTION_INFO_V1(outbox_wake);
 
 static LhdShared local_state;
@@ -318,6 +319,15 @@ lhd_set_rate_limited_until(TimestampTz until)
 	SpinLockRelease(&lhd_shared->mutex);
 }
 
+/* The Gateway worker's state, as a whole. */
+void
+lhd_gateway_publish(const LhdGatewayStatus *status)
+{
+	SpinLockAcquire(&lhd_shared->mutex);
+	lhd_shared->gateway = *status;
+	SpinLockRelease(&lhd_shared->mutex);
+}
+
 void
 lhd_worker_touch(void)
 {
@@ -379,6 +389,48 @@ worker_state(PG_FUNCTION_ARGS)
 	values[20] = CStringGetTextDatum(copy.serving_lane);
 	nulls[20] = copy.serving_lane[0] == '\0';
 	values[21] = BoolGetDatum(copy.token_verified);
+	Assert(desc->natts <= lengthof(values));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}
+
+/*
+ * gateway_state() -> one row: the Gateway worker's state, for the gateway
+ * columns of lhdiscord.worker_status.
+ */
+Datum
+gateway_state(PG_FUNCTION_ARGS)
+{
+	TupleDesc	desc;
+	Datum		values[12];
+	bool		nulls[12];
+	LhdGatewayStatus g;
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "gateway_state: return type must be a row type");
+	desc = BlessTupleDesc(desc);
+
+	SpinLockAcquire(&lhd_shared->mutex);
+	g = lhd_shared->gateway;
+	SpinLockRelease(&lhd_shared->mutex);
+
+	memset(nulls, 0, sizeof(nulls));
+	values[0] = BoolGetDatum(lhd_gateway_enabled);
+	values[1] = Int32GetDatum(g.pid);
+	nulls[1] = g.pid == 0;
+	values[2] = CStringGetTextDatum(g.pid == 0 ? (lhd_gateway_enabled ? "starting" : "off") : g.state);
+	values[3] = BoolGetDatum(g.seeded);
+	values[4] = Int64GetDatum(g.snapshot_id);
+	nulls[4] = g.snapshot_id == 0;
+	values[5] = TimestampTzGetDatum(g.connected_at);
+	nulls[5] = g.connected_at == 0;
+	values[6] = TimestampTzGetDatum(g.last_event_at);
+	nulls[6] = g.last_event_at == 0;
+	values[7] = Int64GetDatum((int64) g.events);
+	values[8] = Int64GetDatum((int64) g.resumes);
+	values[9] = Int64GetDatum((int64) g.reconnects);
+	values[10] = Int64GetDatum((int64) g.identifies);
+	values[11] = CStringGetTextDatum(g.alarm);
+	nulls[11] = g.alarm[0] == '\0';
 	Assert(desc->natts <= lengthof(values));
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }

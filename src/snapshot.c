@@ -70,7 +70,7 @@ lhd_snapshot_add_members(int64 snapshot_id, Datum members)
  * guard).  Returns trusted.
  */
 bool
-lhd_snapshot_complete(int64 snapshot_id, bool from_scan)
+lhd_snapshot_complete(int64 snapshot_id, const char *source)
 {
 	static LhdPlan prev_plan = {
 		.sql = "SELECT s.member_count, p.id, p.member_count FROM lhdiscord.member_snapshots s "
@@ -124,7 +124,7 @@ lhd_snapshot_complete(int64 snapshot_id, bool from_scan)
 								"\"previous_snapshot_id\": " INT64_FORMAT ", \"previous_member_count\": %d, "
 								"\"max_shrink_percent\": %d, \"source\": \"%s\"}",
 								snapshot_id, count, prev_id, prev,
-								lhd_snapshot_max_shrink_percent, from_scan ? "scan" : "load");
+								lhd_snapshot_max_shrink_percent, source);
 		a.description = psprintf("Snapshot " INT64_FORMAT " shrank from %d to %d members; not trusted until accepted",
 								 snapshot_id, prev, count);
 		lhd_audit(&a);
@@ -137,8 +137,9 @@ lhd_snapshot_complete(int64 snapshot_id, bool from_scan)
 	return trusted;
 }
 
-static int64
-new_snapshot(TimestampTz taken_at, const char *source)
+/* A new, empty snapshot from source (scan, load or gateway); returns its id. */
+int64
+lhd_snapshot_new(TimestampTz taken_at, const char *source)
 {
 	static LhdPlan plan = {
 		.sql = "INSERT INTO lhdiscord.member_snapshots (taken_at, source) VALUES ($1, $2) RETURNING id",
@@ -229,14 +230,14 @@ load_snapshot(PG_FUNCTION_ARGS)
 				 errdetail("%s", LHD_SNOWFLAKE_RULE)));
 	}
 
-	id = new_snapshot(taken_at, "load");
+	id = lhd_snapshot_new(taken_at, "load");
 	/* Fewer stored than given: a duplicate, named by the error (it undoes all). */
 	if ((uint32) lhd_snapshot_add_members(id, PointerGetDatum(members)) < JB_ROOT_COUNT(members) &&
 		lhd_exec(&dup_plan, values, NULL, true, 1) > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNIQUE_VIOLATION),
 				 errmsg("member %s appears more than once", lhd_getattr_text(0, 1))));
-	lhd_snapshot_complete(id, false);
+	lhd_snapshot_complete(id, "load");
 	lhd_prune_snapshots_spi(lhd_snapshot_retention);
 	SPI_finish();
 	PG_RETURN_INT64(id);
@@ -354,7 +355,7 @@ request_member_scan(PG_FUNCTION_ARGS)
 			PG_RETURN_INT64(id);
 		}
 	}
-	id = new_snapshot(GetCurrentTransactionStartTimestamp(), "scan");
+	id = lhd_snapshot_new(GetCurrentTransactionStartTimestamp(), "scan");
 	values[0] = Int64GetDatum(id);
 	lhd_exec(lhd_outbox_has_lanes() ? &job_plan : &job_plan_0_5, values, NULL, false, 0);
 	lhd_prune_snapshots_spi(lhd_snapshot_retention);

@@ -18,7 +18,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep time);
 
-our @EXPORT = qw(start_mock mock_get mock_post mock_delete new_node wait_for
+our @EXPORT = qw(start_mock mock_get mock_post mock_delete mock_put new_node wait_for
   mock_requests mock_stats setup_guild q_try q_is BOT_TOKEN GUILD_ID TEST_KEY);
 
 use constant BOT_TOKEN => 'lhd-test-bot-token.Z9f3Q';
@@ -31,8 +31,9 @@ my $json = JSON::PP->new->utf8->canonical;
 my @mock_pids;
 our $MOCK_PORT;
 our $MOCK_LOG;
+our $MOCK_GATEWAY_PORT;
 
-# Start the mock; returns its port.
+# Start the mock; returns its port.  gateway => 1 also serves its Gateway.
 sub start_mock
 {
 	my (%opt) = @_;
@@ -46,6 +47,8 @@ sub start_mock
 		'--client-id', '123456789012345678',
 		'--client-secret', ($opt{client_secret} // 'mock-client-secret'),
 		'--log', $MOCK_LOG);
+	# The Gateway endpoint (python3-websockets), for the Gateway worker's tests.
+	push @cmd, '--gateway-port', '0', '--gateway-port-file', "$dir/gwport" if $opt{gateway};
 	my $pid = fork();
 	die "fork: $!" unless defined $pid;
 	if ($pid == 0)
@@ -65,6 +68,13 @@ sub start_mock
 	$MOCK_PORT = <$fh>;
 	chomp $MOCK_PORT;
 	close $fh;
+	if ($opt{gateway})
+	{
+		open(my $gh, '<', "$dir/gwport") or die "mock Gateway did not start";
+		$MOCK_GATEWAY_PORT = <$gh>;
+		chomp $MOCK_GATEWAY_PORT;
+		close $gh;
+	}
 	return $MOCK_PORT;
 }
 
@@ -103,6 +113,8 @@ sub mock_post
 }
 
 sub mock_delete { return _decode($http->delete(_url($_[0])), "DELETE $_[0]"); }
+
+sub mock_put { return _decode($http->put(_url($_[0])), "PUT $_[0]"); }
 
 sub mock_requests
 {
