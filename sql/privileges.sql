@@ -122,7 +122,11 @@ INSERT INTO expected_rel VALUES
   ('lhdiscord.status_map', 'lhd_app', 'SELECT'),
   ('lhdiscord.status_map', 'lhd_watch', 'SELECT'),
   ('lhdiscord.worker_status', 'lhd_watch', 'SELECT'),
-  ('lhdiscord.outbox_stats', 'lhd_watch', 'SELECT');
+  ('lhdiscord.outbox_stats', 'lhd_watch', 'SELECT'),
+  ('lhdiscord.metrics', 'lhd_watch', 'SELECT'),
+  ('lhdiscord.metrics_outbox', 'lhd_watch', 'SELECT'),
+  ('lhdiscord.metrics_responses', 'lhd_watch', 'SELECT'),
+  ('lhdiscord.metrics_reconcile', 'lhd_watch', 'SELECT');
 CREATE TEMP VIEW actual_rel AS
   SELECT x.rel::text AS rel, r.role,
          (SELECT string_agg(p, ',' ORDER BY o) FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER'])
