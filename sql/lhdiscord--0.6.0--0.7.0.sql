@@ -161,3 +161,92 @@ REVOKE ALL ON lhdiscord.metrics, lhdiscord.metrics_outbox, lhdiscord.metrics_res
 
 GRANT SELECT ON lhdiscord.metrics, lhdiscord.metrics_outbox, lhdiscord.metrics_responses,
   lhdiscord.metrics_reconcile TO lhdiscord_monitor;
+
+-- ---------- the Gateway worker (issue 16) ----------
+
+-- The Gateway worker's live member state is a snapshot of source 'gateway'
+-- whose taken_at moves while the session is healthy (see gateway_state.c).
+ALTER TABLE lhdiscord.member_snapshots DROP CONSTRAINT member_snapshots_source_check;
+ALTER TABLE lhdiscord.member_snapshots
+  ADD CONSTRAINT member_snapshots_source_check CHECK (source IN ('scan', 'load', 'gateway'));
+COMMENT ON COLUMN lhdiscord.member_snapshots.source IS
+  'scan (the worker''s guild scan), load (load_snapshot()) or gateway (the Gateway worker''s live member state).';
+COMMENT ON COLUMN lhdiscord.member_snapshots.taken_at IS
+  'When the scan started (the age of the evidence); for a gateway snapshot, when its state was last confirmed by a member event or heartbeat of a healthy session.';
+
+CREATE FUNCTION lhdiscord.gateway_state(
+    OUT enabled boolean, OUT pid integer, OUT state text, OUT seeded boolean,
+    OUT snapshot_id bigint, OUT connected_at timestamptz, OUT last_event_at timestamptz,
+    OUT events bigint, OUT resumes bigint, OUT reconnects bigint, OUT identifies bigint,
+    OUT alarm text)
+  LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'gateway_state';
+COMMENT ON FUNCTION lhdiscord.gateway_state() IS
+  'The Gateway worker''s state from shared memory; read it through lhdiscord.worker_status.';
+REVOKE ALL ON FUNCTION lhdiscord.gateway_state() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lhdiscord.gateway_state() TO lhdiscord_monitor;
+-- worker_status now calls gateway_state() too, and a view checks the
+-- functions it calls against its reader: every role that may execute
+-- worker_state() (a grant made by hand under an older README, say) may
+-- execute gateway_state(), so it keeps reading worker_status.
+DO $lhd$
+DECLARE
+  r regrole;
+BEGIN
+  FOR r IN
+    SELECT DISTINCT a.grantee::regrole
+      FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+     WHERE p.oid = 'lhdiscord.worker_state()'::regprocedure
+       AND a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> p.proowner
+  LOOP
+    EXECUTE format('GRANT EXECUTE ON FUNCTION lhdiscord.gateway_state() TO %s', r);
+  END LOOP;
+END $lhd$;
+
+-- worker_status gains the Gateway's columns (after the others, so that
+-- CREATE OR REPLACE keeps the view, its grants and what depends on it).
+CREATE OR REPLACE VIEW lhdiscord.worker_status AS
+  SELECT w.running, w.pid, w.started_at, w.last_activity_at, w.preloaded,
+         current_setting('lhdiscord.database') AS database,
+         current_setting('lhdiscord.api_mode') AS api_mode,
+         w.paused, w.pause_reason,
+         w.calls, w.responses_2xx, w.responses_4xx, w.responses_5xx,
+         w.rate_limited, w.transport_errors, w.invalid_requests_10min, w.throttled,
+         w.last_error, w.last_error_at,
+         (SELECT count(*) FROM lhdiscord.outbox WHERE state = 'pending') AS pending_jobs,
+         (SELECT count(*) FROM lhdiscord.outbox WHERE state = 'in_flight') AS in_flight_jobs,
+         (SELECT now() - min(created_at) FROM lhdiscord.outbox WHERE state = 'pending') AS oldest_pending_age,
+         w.discord_failing_since,
+         now() - w.discord_failing_since AS discord_failing_for,
+         w.rate_limited_until,
+         w.worker_errors,
+         w.serving_lane,
+         w.token_verified,
+         g.enabled AS gateway_enabled,
+         g.pid AS gateway_pid,
+         g.state AS gateway_state,
+         g.seeded AS gateway_seeded,
+         g.snapshot_id AS gateway_snapshot_id,
+         g.connected_at AS gateway_connected_at,
+         g.last_event_at AS gateway_last_event_at,
+         now() - g.last_event_at AS gateway_last_event_age,
+         g.events AS gateway_events,
+         g.resumes AS gateway_resumes,
+         g.reconnects AS gateway_reconnects,
+         g.identifies AS gateway_identifies,
+         g.alarm AS gateway_alarm
+    FROM lhdiscord.worker_state() w CROSS JOIN lhdiscord.gateway_state() g;
+COMMENT ON VIEW lhdiscord.worker_status IS
+  'The background workers: running or not, paused (401), calls, responses, 429s and their wait, invalid-request count, Discord outage, recovered errors, last error, queue depth, and the Gateway session.';
+COMMENT ON COLUMN lhdiscord.worker_status.gateway_enabled IS 'lhdiscord.gateway: the Gateway worker runs.';
+COMMENT ON COLUMN lhdiscord.worker_status.gateway_pid IS 'The Gateway worker''s process id.';
+COMMENT ON COLUMN lhdiscord.worker_status.gateway_state IS 'off, starting, disconnected, connecting, identifying, resuming, connected, backoff or stopped (see gateway_alarm).';
+COMMENT ON COLUMN lhdiscord.worker_status.gateway_seeded IS 'The member listing of the current session is complete: the live state is the entitlement evidence.';
+COMMENT ON COLUMN lhdiscord.worker_status.gateway_snapshot_id IS 'The member snapshot holding the live state.';
+COMMENT ON COLUMN lhdiscord.worker_status.gateway_connected_at IS 'When the current session became ready or was resumed.';
+COMMENT ON COLUMN lhdiscord.worker_status.gateway_last_event_at IS 'The last member event applied or heartbeat ACK of a healthy session.';
+COMMENT ON COLUMN lhdiscord.worker_status.gateway_last_event_age IS 'How long ago that was.';
+COMMENT ON COLUMN lhdiscord.worker_status.gateway_events IS 'Member events applied since the Gateway worker started.';
+COMMENT ON COLUMN lhdiscord.worker_status.gateway_resumes IS 'Sessions resumed after a dropped connection.';
+COMMENT ON COLUMN lhdiscord.worker_status.gateway_reconnects IS 'Connections after the first.';
+COMMENT ON COLUMN lhdiscord.worker_status.gateway_identifies IS 'IDENTIFY commands sent (new sessions).';
+COMMENT ON COLUMN lhdiscord.worker_status.gateway_alarm IS 'Why the Gateway worker stopped reconnecting, and the fix (the bot token; the GUILD_MEMBERS intent in the Developer Portal); a reload tries again.';

@@ -49,12 +49,12 @@ SELECT count(*) FROM lhdiscord.outbox_stats;
 SELECT lhdiscord.prune_outbox();
 RESET ROLE;
 -- A monitoring role, granted as the README says, reads both views and
--- nothing else.  (worker_status calls worker_state(), whose EXECUTE is
--- checked for the reading role.)
+-- nothing else.  (worker_status calls worker_state() and gateway_state(),
+-- whose EXECUTE is checked for the reading role.)
 CREATE ROLE lhd_watcher;
 GRANT USAGE ON SCHEMA lhdiscord TO lhd_watcher;
 GRANT SELECT ON lhdiscord.worker_status, lhdiscord.outbox_stats TO lhd_watcher;
-GRANT EXECUTE ON FUNCTION lhdiscord.worker_state() TO lhd_watcher;
+GRANT EXECUTE ON FUNCTION lhdiscord.worker_state(), lhdiscord.gateway_state() TO lhd_watcher;
 SET ROLE lhd_watcher;
 SELECT running, paused FROM lhdiscord.worker_status;
 SELECT count(*) > 0 AS has_rows FROM lhdiscord.outbox_stats;

@@ -84,7 +84,8 @@ INSERT INTO expected_fn VALUES
   ('lhdiscord.user_roles_after_change()', '{}'),
   ('lhdiscord.users_after_update()', '{}'),
   ('lhdiscord.users_in_scope_changed()', '{}'),
-  ('lhdiscord.worker_state()', '{lhd_watch}');
+  ('lhdiscord.worker_state()', '{lhd_watch}'),
+  ('lhdiscord.gateway_state()', '{lhd_watch}');
 
 -- A function of the extension missing from the list, or listed but gone.
 SELECT fn::text AS not_in_expected_list FROM ext_functions

@@ -71,3 +71,25 @@ SELECT count(*) > 20 AS has_objects FROM fresh;
 (SELECT obj FROM upgraded EXCEPT SELECT obj FROM fresh)
 UNION ALL
 (SELECT obj FROM fresh EXCEPT SELECT obj FROM upgraded);
+
+-- 0.7.0's worker_status also calls gateway_state(): a monitoring role that
+-- an older README had granted worker_state() by hand keeps reading it.
+SET client_min_messages = warning;
+DROP EXTENSION lhdiscord CASCADE;
+CREATE EXTENSION lhdiscord VERSION '0.6.0';
+DROP ROLE IF EXISTS lhd_old_monitor;
+CREATE ROLE lhd_old_monitor;
+RESET client_min_messages;
+GRANT USAGE ON SCHEMA lhdiscord TO lhd_old_monitor;
+GRANT SELECT ON lhdiscord.worker_status TO lhd_old_monitor;
+GRANT EXECUTE ON FUNCTION lhdiscord.worker_state() TO lhd_old_monitor;
+ALTER EXTENSION lhdiscord UPDATE TO '0.7.0';
+SET ROLE lhd_old_monitor;
+SELECT running IS NOT NULL AS reads_worker_status, gateway_state FROM lhdiscord.worker_status;
+RESET ROLE;
+SELECT has_function_privilege('lhd_old_monitor', 'lhdiscord.gateway_state()', 'EXECUTE') AS carried_over,
+       has_function_privilege('lhd_app', 'lhdiscord.gateway_state()', 'EXECUTE') AS not_for_the_app;
+SET client_min_messages = warning;
+DROP OWNED BY lhd_old_monitor;
+DROP ROLE lhd_old_monitor;
+RESET client_min_messages;

@@ -114,7 +114,9 @@ static struct
 	long		interval;
 	int64		next_beat;
 	bool		awaiting_ack;
+	int64		beat_sent_at;
 	int64		ack_deadline;	/* a beat not ACKed by then: a zombie */
+	int64		last_receive;	/* the last message received */
 
 	/* IDENTIFY pacing and reconnects. */
 	int64		last_identify;
@@ -878,8 +880,12 @@ run_timers(void)
 	 * An ACK is due within 0.4 interval of its beat (a loopback or a
 	 * healthy link answers in milliseconds), so a connection that went
 	 * silent is found within 1.4 intervals of its last ACK, and resumed.
+	 * While other messages still arrive (a long member listing queues the
+	 * ACK behind its chunks) the connection is alive: it gets two
+	 * intervals.
 	 */
-	if (gw.awaiting_ack && now >= gw.ack_deadline)
+	if (gw.awaiting_ack && now >= gw.ack_deadline &&
+		(gw.last_receive <= gw.beat_sent_at || now - gw.beat_sent_at >= 2 * gw.interval))
 	{
 		ereport(LOG,
 				(errmsg("lhdiscord gateway: no heartbeat ACK within %ld ms: a zombie connection; reconnecting to resume",
@@ -891,6 +897,7 @@ run_timers(void)
 	{
 		send_heartbeat();
 		gw.awaiting_ack = true;
+		gw.beat_sent_at = now;
 		gw.ack_deadline = now + gw.interval * 2 / 5;
 		gw.next_beat = now + gw.interval;
 	}
@@ -941,6 +948,7 @@ gateway_iteration(void)
 {
 	char	   *text;
 	size_t		len;
+	int64		started;
 
 	CHECK_FOR_INTERRUPTS();
 	handle_reload();
@@ -971,16 +979,22 @@ gateway_iteration(void)
 		start_connection();
 		return;
 	}
-	lhd_ws_service(gw.ws, service_wait());
+	/* Messages still queued from the last pass: no waiting. */
+	lhd_ws_service(gw.ws, lhd_ws_has_message(gw.ws) ? 0 : service_wait());
+	started = lhd_now_ms();
 	while (gw.ws != NULL && (text = lhd_ws_receive(gw.ws, &len)) != NULL)
 	{
 		MemoryContext old = MemoryContextSwitchTo(message_cxt);
 
+		gw.last_receive = lhd_now_ms();
 		handle_message(text);
 		free(text);
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(message_cxt);
 		CHECK_FOR_INTERRUPTS();
+		/* A long listing: keep the heartbeats going between its chunks. */
+		if (lhd_now_ms() - started >= GW_SERVICE_MS)
+			break;
 	}
 	run_timers();
 	if (gw.ws != NULL && lhd_ws_state(gw.ws) == LHD_WS_CLOSED)
@@ -1029,7 +1043,10 @@ lhdiscord_gateway_main(Datum main_arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 
-	lhd_am_worker = true;
+	/*
+	 * Not lhd_am_worker: what this worker queues (a drift repair) wakes the
+	 * outbox worker when it commits, as an application's writes do.
+	 */
 	BackgroundWorkerInitializeConnection(lhd_database, NULL, 0);
 	pgstat_report_appname("lhdiscord gateway");
 	gateway_cxt = AllocSetContextCreate(TopMemoryContext, "lhdiscord gateway",

@@ -16,9 +16,9 @@
  *
  * And what an event sets off: a change of the entitlement role (or a member
  * leaving or joining) reconciles the linked portal user at once, with the
- * event and its sequence number as evidence in the audit row; in
- * Portal-leading mode, managed roles changed on Discord by hand queue the
- * member's convergence (the drift is repaired).
+ * event and its sequence number as evidence in the audit row; managed
+ * roles changed on Discord by hand (in Portal-leading mode every mapped
+ * role is managed) queue the member's convergence: the drift is repaired.
  *
  * Every function runs in the caller's transaction with SPI connected.
  *
@@ -106,46 +106,52 @@ evidence_json(const LhdGwEvent *ev)
 }
 
 /*
- * Portal-leading: the member's managed roles on Discord are not what
- * lhdiscord last applied, and no convergence is queued or running (one
- * that runs now produces such events itself, and converges anyway): forget
- * the applied state, so the convergence reads the member, and queue it.
+ * The member's managed roles on Discord are not those the engine would give
+ * it (a moderator changed one by hand): forget what lhdiscord last applied,
+ * so that the convergence reads the member, and queue the convergence (it
+ * folds into one queued or running).  Our own convergence's calls end at
+ * the desired set, so they set off at most one extra pass, which reads the
+ * member, finds nothing to change and sends nothing.
  */
 static void
 repair_drift(const LhdGwEvent *ev)
 {
-	static LhdPlan plan = {
-		.sql = "WITH managed AS (SELECT discord_role_id AS id FROM lhdiscord.role_map "
-		"                 WHERE discord_role_id IS NOT NULL AND discord_role_id <> '') "
-		"SELECT a.user_id, "
-		"       ARRAY(SELECT r FROM unnest($2::text[]) r WHERE r IN (SELECT id FROM managed) ORDER BY r) "
-		"         IS DISTINCT FROM "
-		"       ARRAY(SELECT r FROM unnest(s.role_ids) r WHERE r IN (SELECT id FROM managed) ORDER BY r) "
-		"         OR s.discord_user_id IS NULL AS drifted, "
-		"       EXISTS (SELECT 1 FROM lhdiscord.outbox o WHERE o.kind = 'roles' "
-		"                 AND o.discord_user_id = a.discord_user_id "
-		"                 AND o.state IN ('pending', 'in_flight')) AS busy "
-		"FROM lhdiscord.discord_accounts a "
-		"LEFT JOIN lhdiscord.role_state s ON s.discord_user_id = a.discord_user_id "
-		"WHERE a.discord_user_id = $1 AND a.status = 'active'",
-		.nargs = 2,
-		.argtypes = {TEXTOID, TEXTARRAYOID}
+	static LhdPlan linked_plan = {
+		.sql = "SELECT user_id FROM lhdiscord.discord_accounts WHERE discord_user_id = $1 "
+		"ORDER BY status = 'active' DESC, id DESC LIMIT 1",
+		.nargs = 1,
+		.argtypes = {TEXTOID}
 	};
 	static LhdPlan forget_plan = {
 		.sql = "DELETE FROM lhdiscord.role_state WHERE discord_user_id = $1",
 		.nargs = 1,
 		.argtypes = {TEXTOID}
 	};
-	Datum		values[2];
+	Datum		values[1];
 	bool		isnull;
 	int64		user_id;
+	char	   *id = ev->user_id;
+	LhdRoleMap *map;
+	LhdRoleInputs *in;
+	LhdRoleSet	desired;
+	LhdRoleSet	managed;
+	LhdRoleSet	held = {0, NULL};
+	bool		drifted;
 
 	values[0] = CStringGetTextDatum(ev->user_id);
-	values[1] = lhd_text_array(ev->roles, ev->nroles);
-	if (lhd_exec(&plan, values, NULL, true, 1) == 0)
-		return;					/* no active linked account */
+	if (lhd_exec(&linked_plan, values, NULL, true, 1) == 0)
+		return;					/* not a linked account: not ours to converge */
 	user_id = DatumGetInt64(lhd_getattr(0, 1, &isnull));
-	if (!DatumGetBool(lhd_getattr(0, 2, &isnull)) || DatumGetBool(lhd_getattr(0, 3, &isnull)))
+	map = lhd_rolemap_load();
+	in = lhd_role_inputs_load(&id, 1);
+	lhd_desired_roles(map, &in[0], &desired, &managed);
+	for (int i = 0; i < ev->nroles; i++)
+		if (lhd_roleset_contains(&managed, ev->roles[i]))
+			lhd_roleset_add(&held, ev->roles[i]);
+	drifted = held.n != desired.n;
+	for (int i = 0; !drifted && i < held.n; i++)
+		drifted = !lhd_roleset_contains(&desired, held.ids[i]);
+	if (!drifted)
 		return;
 	lhd_exec(&forget_plan, values, NULL, false, 0);
 	lhd_enqueue_convergence_in_lane(ev->user_id, user_id,
@@ -243,7 +249,7 @@ lhd_gw_apply_event(int64 snapshot_id, const LhdGwEvent *ev, const char *entitlem
 		for (int i = 0; i < n; i++)
 			reconciled += lhd_reconcile_user_because(users[i], evidence) >= 0 ? 1 : 0;
 	}
-	else if (lhd_governance_mode == LHD_GOV_PORTAL_LEADING && ev->kind != LHD_GW_REMOVE)
+	if (ev->kind != LHD_GW_REMOVE)
 		repair_drift(ev);
 	return reconciled;
 }

@@ -60,6 +60,9 @@ extern const char *lhd_ws_error(const LhdWs *ws);
  */
 extern char *lhd_ws_receive(LhdWs *ws, size_t *len);
 
+/* Is a complete message waiting for lhd_ws_receive()? */
+extern bool lhd_ws_has_message(const LhdWs *ws);
+
 /* Queue a text message; false when the connection is not open. */
 extern bool lhd_ws_send(LhdWs *ws, const char *data, size_t len);
 

@@ -423,6 +423,12 @@ lhd_ws_receive(LhdWs *ws, size_t *len)
 }
 
 bool
+lhd_ws_has_message(const LhdWs *ws)
+{
+	return ws != NULL && ws->in_head != NULL;
+}
+
+bool
 lhd_ws_send(LhdWs *ws, const char *data, size_t len)
 {
 	WsMessage  *m;

@@ -195,5 +195,12 @@ unlike($log, qr/terminated by signal|server process .* was terminated/, 'no cras
 unlike($log, qr/\Q@{[BOT_TOKEN]}\E/, 'the bot token never reaches the log');
 is($q->('SELECT worker_errors FROM lhdiscord.worker_status'), '0', 'no worker errors');
 
-$node->stop;
+# SIGTERM (a fast shutdown) ends the Gateway worker at once.
+my $gpid = $ws->('gateway_pid');
+$t0 = time;
+$node->stop('fast');
+my $stop = time - $t0;
+ok(!kill(0, $gpid), 'the Gateway worker is gone after the shutdown');
+cmp_ok($stop, '<', 3, sprintf('a fast shutdown with an open Gateway session took %.2f s', $stop));
+unlike(slurp_file($node->logfile), qr/terminated by signal/, 'and it exited cleanly');
 done_testing();
