@@ -136,7 +136,9 @@ lhd_mock_start() {
 	local cmd=(python3 "$work/test/mock_discord/mock_discord.py" --host 127.0.0.1 --port 0
 		--port-file "$pf" --bot-token "$token" --client-id 123456789012345678
 		--client-secret "${LHD_CLIENT_SECRET:-mock-client-secret}" --log "$work/mock.log")
-	rm -f "$pf"
+	# LHD_MOCK_GATEWAY=1: also its Gateway; the port goes to LHD_MOCK_GATEWAY_PORT.
+	[ "${LHD_MOCK_GATEWAY:-0}" = 1 ] && cmd+=(--gateway-port 0 --gateway-port-file "$work/mock.gwport")
+	rm -f "$pf" "$work/mock.gwport"
 	# Background the command itself (not a shell function), so that $! is the
 	# process that receives our SIGTERM: runuser passes it on to the mock.
 	if [ "$(id -un)" = postgres ]; then
@@ -152,6 +154,7 @@ lhd_mock_start() {
 	done
 	[ -s "$pf" ] || { cat "$work/mock.stderr" >&2; echo "mock Discord server did not start" >&2; return 1; }
 	LHD_MOCK_PORT=$(cat "$pf")
+	if [ "${LHD_MOCK_GATEWAY:-0}" = 1 ]; then LHD_MOCK_GATEWAY_PORT=$(cat "$work/mock.gwport"); fi
 }
 
 LHD_CLUSTERS=()
