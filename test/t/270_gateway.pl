@@ -148,6 +148,14 @@ my $zombie = time - $t0;
 cmp_ok($zombie * 1000, '<=', 1.5 * $HB, sprintf('found within 1.5 heartbeat intervals (%.0f ms)', $zombie * 1000));
 ok(wait_for(sub { $ws->('gateway_state') eq 'connected' }, 5), 'and resumed');
 
+# RECONNECT (op 7): the client leaves and resumes.
+$resumes = $ws->('gateway_resumes');
+my $ids = mock_get('/_mock/gateway/stats')->{identifies};
+mock_post('/_mock/gateway/faults', { action => 'reconnect' });
+ok(wait_for(sub { $ws->('gateway_resumes') > $resumes && $ws->('gateway_state') eq 'connected' }, 5),
+	'RECONNECT obeyed: resumed');
+is(mock_get('/_mock/gateway/stats')->{identifies}, $ids, 'without a new IDENTIFY');
+
 # 4004: no reconnect, an alarm that names the token.
 mock_post('/_mock/gateway/faults', { action => 'close', code => 4004 });
 ok(wait_for(sub { $ws->('gateway_state') eq 'stopped' }, 5), '4004: stopped');
@@ -188,6 +196,22 @@ cmp_ok($min, '>=', 5.0, sprintf('at most one IDENTIFY per 5 s (closest %.2f s ap
 is(mock_get('/_mock/gateway/stats')->{identifies_refused}{rate_limited}, 0, 'none refused by the mock in the whole test');
 ok(wait_for(sub { $ws->('gateway_state') eq 'connected' && $ws->('gateway_seeded') eq 't' }, 20), 'connected again after the storm');
 is(live_members(), discord_members(), 'with the state of the guild');
+
+# A listing that shrank past lhdiscord.snapshot_max_shrink_percent is held:
+# the previous trusted snapshot stays the evidence until it is accepted.
+my $trusted = $ws->('gateway_snapshot_id');
+mock_post('/_mock/guilds', { id => GUILD_ID, auto_roles => JSON::PP::true,
+	members => [ { id => $A, username => 'alice.d', roles => [$ENT] } ] });
+mock_post('/_mock/gateway/faults', { action => 'invalid_session', resumable => JSON::PP::false });
+ok(wait_for(sub { $ws->('gateway_snapshot_id') ne $trusted && $ws->('gateway_seeded') eq 't' }, 20),
+	'a new listing of a guild of 1 member');
+my $held = $ws->('gateway_snapshot_id');
+is($q->("SELECT trusted FROM lhdiscord.member_snapshots WHERE id = $held"), 'f', 'it is held by the shrink guard');
+is($q->('SELECT snapshot_id FROM lhdiscord.access_context()'), $trusted, 'the previous trusted snapshot stays the evidence');
+is($q->("SELECT count(*) FROM lhdiscord.audit_log WHERE action = 'entitlement.snapshot_held' AND after_json->>'source' = 'gateway'"),
+	'1', 'audited as held, naming the Gateway');
+$q->("SELECT lhdiscord.accept_snapshot($held)");
+is($q->('SELECT snapshot_id FROM lhdiscord.access_context()'), $held, 'accepted: the live state is the evidence again');
 
 # Never the cluster's problem.
 my $log = slurp_file($node->logfile);
