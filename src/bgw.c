@@ -20,6 +20,8 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/condition_variable.h"
+#include "storage/lwlock.h"
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
@@ -189,6 +191,41 @@ lhd_bgw_extension_ready(void)
 		strlcpy(reported, version, sizeof(reported));
 	}
 	return false;
+}
+
+/*
+ * The first half of recovering from an ERROR that reached a worker's
+ * sigsetjmp block, as PostgreSQL's own background processes do: the error
+ * context stack, pending timeouts and cancels, the transaction (SPI,
+ * snapshots, locks, buffer pins, the resource owner), LWLocks, condition
+ * variables and the wait event; then the error is logged, counted in
+ * worker_status and flushed, and the extension is checked again.  Returns
+ * with interrupts held: the caller frees what is its own, then
+ * RESUME_INTERRUPTS().
+ */
+void
+lhd_bgw_recover_begin(const char *what)
+{
+	ErrorData  *edata;
+
+	/* Not PG_TRY: the error context stack must be reset by hand. */
+	error_context_stack = NULL;
+	HOLD_INTERRUPTS();
+	disable_all_timeouts(false);
+	QueryCancelPending = false;
+	MemoryContextSwitchTo(lhd_bgw_cxt);
+	edata = CopyErrorData();
+	EmitErrorReport();
+	AbortOutOfAnyTransaction();
+	LWLockReleaseAll();
+	ConditionVariableCancelSleep();
+	pgstat_report_wait_end();
+	MemoryContextSwitchTo(lhd_bgw_cxt);
+	FlushErrorState();
+	lhd_bgw_note_error(what, edata->message);
+	FreeErrorData(edata);
+	/* The extension may be gone. */
+	lhd_bgw_recheck_extension();
 }
 
 /* Sleep until woken or ms have passed; interrupts (SIGTERM) are served. */

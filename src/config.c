@@ -684,7 +684,8 @@ lhd_define_gucs(void)
 							 "Needs the GUILD_MEMBERS privileged intent for the bot. Read at server start.",
 							 &lhd_gateway_enabled,
 							 false,
-							 PGC_POSTMASTER,
+							 /* As lhdiscord.database: see there. */
+							 process_shared_preload_libraries_in_progress ? PGC_POSTMASTER : PGC_SIGHUP,
 							 0,
 							 NULL, NULL, NULL);
 

@@ -1006,26 +1006,10 @@ gateway_iteration(void)
 static void
 recover_from_error(void)
 {
-	ErrorData  *edata;
 	int64		backoff;
 
-	error_context_stack = NULL;
-	HOLD_INTERRUPTS();
-	disable_all_timeouts(false);
-	QueryCancelPending = false;
-	MemoryContextSwitchTo(gateway_cxt);
-	edata = CopyErrorData();
-	EmitErrorReport();
-	AbortOutOfAnyTransaction();
-	LWLockReleaseAll();
-	ConditionVariableCancelSleep();
-	pgstat_report_wait_end();
-	MemoryContextSwitchTo(gateway_cxt);
-	FlushErrorState();
+	lhd_bgw_recover_begin("the Gateway session");
 	MemoryContextReset(message_cxt);
-	lhd_bgw_note_error("the Gateway session", edata->message);
-	FreeErrorData(edata);
-	lhd_bgw_recheck_extension();
 	consecutive_errors++;
 	backoff = Min((int64) 1000 << Min(consecutive_errors - 1, 5), 30000);
 	RESUME_INTERRUPTS();

@@ -5,7 +5,8 @@
  *
  * Owns every use of jansson: building request bodies (DM channel, message
  * with nonce, guild join) and reading responses (errors, members, channels,
- * OAuth tokens, users).
+ * OAuth tokens, users), and the Gateway's payloads (reading its messages;
+ * building IDENTIFY, RESUME, heartbeats and member requests).
  *
  * jansson's json_object() collides with PostgreSQL's SQL function of the
  * same name twice over: at compile time (utils/builtins.h declares it, so
@@ -283,6 +284,15 @@ lhd_json_member_body(const char *user_id, char **roles, int n)
 
 /* ---------- the Gateway (gateway.c) ---------- */
 
+/* Serialise what json_pack() built (NULL: it ran out of memory). */
+static char *
+dump_packed(json_t *root)
+{
+	if (root == NULL)
+		elog(ERROR, "lhdiscord: out of memory building JSON");
+	return dump(root);
+}
+
 /* The id and role ids of a guild member object (or a user, for a REMOVE). */
 static void
 gateway_member(json_t *d, LhdGwMember *m)
@@ -430,51 +440,36 @@ lhd_json_gateway_bot(const char *body, LhdGwBot *out)
 char *
 lhd_json_gateway_identify(const char *token, int intents)
 {
-	json_t	   *root = json_pack("{s:i, s:{s:s, s:i, s:{s:s, s:s, s:s}}}",
-								 "op", LHD_GW_OP_IDENTIFY, "d",
-								 "token", token, "intents", intents,
-								 "properties", "os", "linux", "browser", "lhdiscord",
-								 "device", "lhdiscord");
-
-	if (root == NULL)
-		elog(ERROR, "lhdiscord: out of memory building JSON");
-	return dump(root);
+	return dump_packed(json_pack("{s:i, s:{s:s, s:i, s:{s:s, s:s, s:s}}}",
+										"op", LHD_GW_OP_IDENTIFY, "d",
+										"token", token, "intents", intents,
+										"properties", "os", "linux", "browser", "lhdiscord",
+										"device", "lhdiscord"));
 }
 
 /* RESUME (op 6): holds the bot token too. */
 char *
 lhd_json_gateway_resume(const char *token, const char *session_id, long long seq)
 {
-	json_t	   *root = json_pack("{s:i, s:{s:s, s:s, s:I}}",
-								 "op", LHD_GW_OP_RESUME, "d",
-								 "token", token, "session_id", session_id, "seq", (json_int_t) seq);
-
-	if (root == NULL)
-		elog(ERROR, "lhdiscord: out of memory building JSON");
-	return dump(root);
+	return dump_packed(json_pack("{s:i, s:{s:s, s:s, s:I}}",
+										"op", LHD_GW_OP_RESUME, "d",
+										"token", token, "session_id", session_id, "seq", (json_int_t) seq));
 }
 
 /* HEARTBEAT (op 1): the last sequence number, or null before the first. */
 char *
 lhd_json_gateway_heartbeat(bool has_seq, long long seq)
 {
-	json_t	   *root = has_seq ? json_pack("{s:i, s:I}", "op", LHD_GW_OP_HEARTBEAT, "d", (json_int_t) seq)
-		: json_pack("{s:i, s:n}", "op", LHD_GW_OP_HEARTBEAT, "d");
-
-	if (root == NULL)
-		elog(ERROR, "lhdiscord: out of memory building JSON");
-	return dump(root);
+	return dump_packed(has_seq
+					   ? json_pack("{s:i, s:I}", "op", LHD_GW_OP_HEARTBEAT, "d", (json_int_t) seq)
+					   : json_pack("{s:i, s:n}", "op", LHD_GW_OP_HEARTBEAT, "d"));
 }
 
 /* REQUEST_GUILD_MEMBERS (op 8): every member, in chunks, tagged with nonce. */
 char *
 lhd_json_gateway_request_members(const char *guild_id, const char *nonce)
 {
-	json_t	   *root = json_pack("{s:i, s:{s:s, s:s, s:i, s:s}}",
-								 "op", LHD_GW_OP_REQUEST_GUILD_MEMBERS, "d",
-								 "guild_id", guild_id, "query", "", "limit", 0, "nonce", nonce);
-
-	if (root == NULL)
-		elog(ERROR, "lhdiscord: out of memory building JSON");
-	return dump(root);
+	return dump_packed(json_pack("{s:i, s:{s:s, s:s, s:i, s:s}}",
+										"op", LHD_GW_OP_REQUEST_GUILD_MEMBERS, "d",
+										"guild_id", guild_id, "query", "", "limit", 0, "nonce", nonce));
 }

@@ -22,5 +22,6 @@ extern void lhd_bgw_note_error(const char *what, const char *message);
 extern bool lhd_bgw_extension_ready(void);
 extern void lhd_bgw_recheck_extension(void);
 extern void lhd_bgw_wait_latch(int64 ms);
+extern void lhd_bgw_recover_begin(const char *what);
 
 #endif							/* LHD_BGW_H */

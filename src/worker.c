@@ -510,26 +510,9 @@ worker_iteration(void)
 static void
 recover_from_error(void)
 {
-	ErrorData  *edata;
 	int64		backoff;
 
-	/* Not PG_TRY: the error context stack must be reset by hand. */
-	error_context_stack = NULL;
-	HOLD_INTERRUPTS();
-	/* Forget a pending statement timeout or cancel. */
-	disable_all_timeouts(false);
-	QueryCancelPending = false;
-	MemoryContextSwitchTo(worker_cxt);
-	edata = CopyErrorData();
-	EmitErrorReport();
-	/* Releases SPI, snapshots, locks, buffer pins and the resource owner. */
-	AbortOutOfAnyTransaction();
-	LWLockReleaseAll();
-	ConditionVariableCancelSleep();
-	pgstat_report_wait_end();
-	MemoryContextSwitchTo(worker_cxt);
-	FlushErrorState();
-
+	lhd_bgw_recover_begin("the outbox drain");
 	/* The engine's reset callback closes its curl handles. */
 	if (engine != NULL)
 	{
@@ -538,9 +521,6 @@ recover_from_error(void)
 	}
 	MemoryContextReset(burst_cxt);
 	MemoryContextReset(iteration_cxt);
-	lhd_bgw_note_error("the outbox drain", edata->message);
-	FreeErrorData(edata);
-	lhd_bgw_recheck_extension();	/* the extension may be gone: check again */
 	consecutive_errors++;
 	backoff = Min((int64) 1000 << Min(consecutive_errors - 1, 5), 30000);
 	ereport(LOG,
