@@ -450,6 +450,31 @@ gateway_url(void)
 	return result;
 }
 
+/*
+ * wss:// anywhere, plain ws:// only to a loopback host (the rule of
+ * lhdiscord.api_base_url): the bot token goes over this connection.
+ */
+static bool
+acceptable_url(const char *url)
+{
+	const char *host;
+	size_t		len;
+
+	if (pg_strncasecmp(url, "wss://", 6) == 0)
+		return true;
+	if (pg_strncasecmp(url, "ws://", 5) != 0)
+		return false;
+	host = url + 5;
+	if (host[0] == '[')
+	{
+		const char *end = strchr(host, ']');
+
+		return end != NULL && lhd_is_loopback_host(host + 1, end - host - 1);
+	}
+	len = strcspn(host, ":/?");
+	return lhd_is_loopback_host(host, len);
+}
+
 static void
 start_connection(void)
 {
@@ -484,6 +509,13 @@ start_connection(void)
 				gw.phase = GW_BACKOFF;
 			return;
 		}
+	}
+	if (!acceptable_url(base))
+	{
+		forget_session();
+		stop_with_alarm(psprintf("Discord gave a Gateway URL that is not wss:// (\"%s\"): the bot token is only sent over TLS, or to a loopback host",
+								 base));
+		return;
 	}
 	url = psprintf("%s%sv=10&encoding=json", base,
 				   strchr(base, '?') ? "&" : (base[strlen(base) - 1] == '/' ? "?" : "/?"));

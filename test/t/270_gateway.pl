@@ -213,6 +213,19 @@ is($q->("SELECT count(*) FROM lhdiscord.audit_log WHERE action = 'entitlement.sn
 $q->("SELECT lhdiscord.accept_snapshot($held)");
 is($q->('SELECT snapshot_id FROM lhdiscord.access_context()'), $held, 'accepted: the live state is the evidence again');
 
+# A Gateway URL without TLS to a host that is not loopback is refused (the
+# bot token would travel in the clear): here a READY naming one as its
+# resume URL, then a dropped connection.
+mock_post('/_mock/gateway/dispatch', { t => 'READY',
+	d => { v => 10, session_id => 'crafted', resume_gateway_url => 'ws://gateway.example.com',
+		user => { id => '100000000000000099', username => 'bot' }, guilds => [] } });
+mock_post('/_mock/gateway/faults', { action => 'drop' });
+ok(wait_for(sub { $ws->('gateway_state') eq 'stopped' }, 10), 'a plain ws:// resume URL off loopback: stopped');
+like($ws->('gateway_alarm'), qr{not wss://.*ws://gateway\.example\.com}, 'the alarm says why');
+$q->('SELECT pg_reload_conf()');
+ok(wait_for(sub { $ws->('gateway_state') eq 'connected' && $ws->('gateway_seeded') eq 't' }, 20),
+	'a reload starts a new session from GET /gateway/bot');
+
 # Never the cluster's problem.
 my $log = slurp_file($node->logfile);
 unlike($log, qr/terminated by signal|server process .* was terminated/, 'no crash');
