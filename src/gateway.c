@@ -18,11 +18,9 @@
  * connection per 60 s.
  *
  * Member state: when a session starts, every member is requested
- * (REQUEST_GUILD_MEMBERS) into a new live snapshot; events arriving
- * meanwhile are kept and applied, in order, once the listing is complete;
- * from then on each GUILD_MEMBER_ADD, _UPDATE and _REMOVE is applied in its
- * own short transaction (gateway_state.c).  A failure to apply an event
- * starts a new listing, so the live state never silently diverges.
+ * (REQUEST_GUILD_MEMBERS); the chunks and member events go to
+ * gateway_live.c, which keeps the live snapshot (over the SQL of
+ * gateway_state.c).  GET /gateway/bot is gateway_rest.c's.
  *
  * Fault handling is the outbox worker's (bgw.c): every unit of work is a
  * protected transaction; anything else lands in the sigsetjmp block, which
@@ -36,7 +34,6 @@
 #include "postgres.h"
 
 #include <setjmp.h>
-#include <curl/curl.h>
 
 #include "access/xact.h"
 #include "miscadmin.h"
@@ -71,8 +68,6 @@ PGDLLEXPORT void lhdiscord_gateway_main(Datum main_arg);
 #define GW_COMMAND_LIMIT		120 /* per connection, per 60 s */
 #define GW_COMMAND_WINDOW_MS	60000
 #define GW_HEARTBEAT_RESERVE	5	/* commands kept for heartbeats */
-#define GW_SEED_BUFFER_MAX		100000	/* events kept while the listing arrives */
-#define GW_TOUCH_MS				1000	/* freshness is written at most this often */
 #define GW_SERVICE_MS			100
 
 typedef enum GwPhase
@@ -128,15 +123,6 @@ static struct
 	int64		sent_at[GW_COMMAND_LIMIT];
 	int			nsent;
 
-	/* The live member state. */
-	int64		snapshot_id;
-	bool		seeding;
-	bool		seeded;
-	char	   *nonce;
-	int			chunks_seen;
-	List	   *buffered;		/* LhdGwEvent *, in order, while seeding */
-	int64		last_touch;
-	int64		reseed_at;		/* a listing is due then (0: none) */
 } gw;
 
 static LhdGatewayStatus status;
@@ -166,8 +152,10 @@ static void
 publish(void)
 {
 	strlcpy(status.state, phase_names[gw.phase], sizeof(status.state));
-	status.seeded = gw.seeded;
-	status.snapshot_id = gw.snapshot_id;
+	status.seeded = lhd_gw_live.seeded;
+	status.snapshot_id = lhd_gw_live.snapshot_id;
+	status.events = lhd_gw_live.events;
+	status.last_event_at = lhd_gw_live.last_event_at;
 	status.seq = gw.has_seq ? gw.seq : 0;
 	lhd_gateway_publish(&status);
 }
@@ -268,16 +256,6 @@ forget_session(void)
 	gw.resume_next = false;
 }
 
-static void
-stop_seeding(void)
-{
-	gw.seeding = false;
-	gw.chunks_seen = 0;
-	list_free_deep(gw.buffered);
-	gw.buffered = NIL;
-	gw.reseed_at = 0;
-}
-
 /*
  * Leave the connection (with a close frame when it is still open), and
  * connect again after delay_ms, resuming when resumable.
@@ -304,13 +282,13 @@ drop_connection(bool resumable, int64 delay_ms, int code)
 	if (!gw.resume_next)
 	{
 		forget_session();
-		gw.seeded = false;
+		lhd_gw_live.seeded = false;
 	}
-	if (gw.seeding)
+	if (lhd_gw_live.seeding)
 	{
 		/* The listing was cut: the next session lists again. */
-		stop_seeding();
-		gw.seeded = false;
+		lhd_gw_live_stop();
+		lhd_gw_live.seeded = false;
 	}
 	gw.reconnect_at = lhd_now_ms() + delay_ms;
 	gw.phase = GW_BACKOFF;
@@ -343,31 +321,6 @@ backoff_ms(void)
 	return jitter(cap / 2, cap);
 }
 
-typedef struct HttpBody
-{
-	char	   *data;
-	size_t		len;
-} HttpBody;
-
-static size_t
-body_write(char *ptr, size_t size, size_t nmemb, void *userdata)
-{
-	HttpBody   *b = userdata;
-	size_t		n = size * nmemb;
-	char	   *p;
-
-	if (b->len + n > 1024 * 1024)
-		return 0;
-	p = realloc(b->data, b->len + n + 1);
-	if (p == NULL)
-		return 0;
-	b->data = p;
-	memcpy(b->data + b->len, ptr, n);
-	b->len += n;
-	b->data[b->len] = '\0';
-	return n;
-}
-
 /*
  * GET /gateway/bot: the URL to connect to.  Returns NULL (having decided
  * what happens next: a wait, a stop) when there is none to use now.
@@ -375,79 +328,31 @@ body_write(char *ptr, size_t size, size_t nmemb, void *userdata)
 static char *
 gateway_url(void)
 {
-	CURL	   *curl = curl_easy_init();
-	struct curl_slist *headers = NULL;
-	HttpBody	body = {NULL, 0};
-	char	   *auth;
-	char	   *url;
-	long		code = 0;
-	CURLcode	rc;
-	char	   *result = NULL;
+	LhdGwBotAnswer a;
 
-	if (curl == NULL)
+	lhd_gateway_bot_request(&a);
+	if (a.status == 200 && a.bot.url != NULL)
 	{
-		gw.reconnect_at = lhd_now_ms() + backoff_ms();
-		return NULL;
+		if (a.bot.remaining != 0)
+			return a.bot.url;
+		ereport(LOG,
+				(errmsg("lhdiscord gateway: no session starts left today; the next one in %ld ms",
+						a.bot.reset_after_ms)));
+		gw.reconnect_at = lhd_now_ms() + Max(a.bot.reset_after_ms, 1000);
 	}
-	url = psprintf("%s/gateway/bot", lhd_api_base_url);
-	auth = psprintf("Authorization: Bot %s", lhd_bot_token);
-	headers = curl_slist_append(headers, auth);
-	headers = curl_slist_append(headers, "User-Agent: DiscordBot (" LHD_PROJECT_URL ", " LHD_VERSION ")");
-	curl_easy_setopt(curl, CURLOPT_URL, url);
-	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
-	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, body_write);
-	curl_easy_setopt(curl, CURLOPT_WRITEDATA, &body);
-	curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long) lhd_request_timeout_ms);
-	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
-	rc = curl_easy_perform(curl);
-	if (rc == CURLE_OK)
-		curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &code);
-	curl_slist_free_all(headers);
-	curl_easy_cleanup(curl);
-	explicit_bzero(auth, strlen(auth));
-	lhd_count_call();
-	if (rc != CURLE_OK)
-		lhd_count_response(0);
-	else
-		lhd_count_response(code);
-
-	if (rc == CURLE_OK && code == 200)
-	{
-		LhdGwBot	bot;
-
-		if (!lhd_json_gateway_bot(body.data, &bot))
-			gw.reconnect_at = lhd_now_ms() + backoff_ms();
-		else if (bot.remaining == 0)
-		{
-			ereport(LOG,
-					(errmsg("lhdiscord gateway: no session starts left today; the next one in %ld ms",
-							bot.reset_after_ms)));
-			gw.reconnect_at = lhd_now_ms() + Max(bot.reset_after_ms, 1000);
-		}
-		else
-			result = bot.url;
-	}
-	else if (rc == CURLE_OK && code == 401)
+	else if (a.status == 401)
 		stop_with_alarm("Discord refused the bot token (401 from GET /gateway/bot): set lhdiscord.bot_token to the bot's token");
-	else if (rc == CURLE_OK && code == 429)
-	{
-		LhdJsonError err;
-		double		wait = 5.0;
-
-		if (lhd_json_parse_error(body.data, &err) && err.retry_after > 0)
-			wait = Min(err.retry_after, (double) lhd_rate_limit_max_wait);
-		gw.reconnect_at = lhd_now_ms() + (int64) (wait * 1000.0);
-	}
+	else if (a.status == 429)
+		gw.reconnect_at = lhd_now_ms() +
+			(int64) (Min(a.retry_after > 0 ? a.retry_after : 5.0, (double) lhd_rate_limit_max_wait) * 1000.0);
 	else
 	{
 		ereport(LOG,
 				(errmsg("lhdiscord gateway: GET /gateway/bot failed (%s); trying again later",
-						rc != CURLE_OK ? curl_easy_strerror(rc) : psprintf("HTTP %ld", code))));
+						a.status == 0 ? a.error : psprintf("HTTP %ld", a.status))));
 		gw.reconnect_at = lhd_now_ms() + backoff_ms();
 	}
-	free(body.data);
-	return result;
+	return NULL;
 }
 
 /*
@@ -537,218 +442,18 @@ start_connection(void)
 	publish();
 }
 
-/* ---------- member state ---------- */
+/* ---------- the protocol ---------- */
 
-typedef struct SeedStep
-{
-	const LhdGwFrame *frame;
-	bool		trusted;
-	int			added;
-} SeedStep;
-
-static void
-seed_begin_unit(void *arg)
-{
-	gw.snapshot_id = lhd_gw_seed_begin();
-}
-
-static void
-seed_chunk_unit(void *arg)
-{
-	SeedStep   *s = arg;
-
-	if (s->frame->members_json != NULL)
-		s->added = lhd_gw_seed_chunk(gw.snapshot_id, s->frame->members_json);
-}
-
-typedef struct ApplyStep
-{
-	List	   *events;			/* LhdGwEvent * */
-	int			applied;
-	int			reconciled;
-} ApplyStep;
-
-static void
-apply_unit(void *arg)
-{
-	ApplyStep  *a = arg;
-	char	   *role_id = lhd_role_id_for_key(lhd_entitlement_key);
-	ListCell   *lc;
-
-	foreach(lc, a->events)
-	{
-		a->reconciled += lhd_gw_apply_event(gw.snapshot_id, lfirst(lc), role_id);
-		a->applied++;
-	}
-}
-
-static void
-seed_complete_unit(void *arg)
-{
-	SeedStep   *s = arg;
-
-	s->trusted = lhd_gw_seed_complete(gw.snapshot_id);
-}
-
-/* The listing is new evidence: reconcile everyone (with the guard). */
-static void
-reconcile_unit(void *arg)
-{
-	*(int64 *) arg = lhd_reconcile_all_internal();
-}
-
-static void
-touch_unit(void *arg)
-{
-	lhd_gw_touch(gw.snapshot_id);
-}
-
-/* Ask for every member; the chunks fill a new snapshot. */
+/* Ask for every member (gateway_live.c stores what comes). */
 static void
 start_seeding(void)
 {
-	stop_seeding();
-	if (!lhd_bgw_protected_unit(seed_begin_unit, NULL, "starting a member listing"))
-	{
-		gw.reseed_at = lhd_now_ms() + 1000;
-		return;
-	}
-	if (gw.nonce)
-		pfree(gw.nonce);
-	gw.nonce = MemoryContextStrdup(gateway_cxt, lhd_random_token(8));
-	if (!send_command(lhd_json_gateway_request_members(lhd_guild_id, gw.nonce), false))
-	{
-		gw.reseed_at = lhd_now_ms() + 1000;
-		return;
-	}
-	gw.seeding = true;
-	gw.seeded = false;
+	char	   *cmd = lhd_gw_live_begin();
+
+	if (cmd != NULL && !send_command(cmd, false))
+		lhd_gw_live_retry();
 	publish();
 }
-
-/* Apply events in their own transaction; a failure lists everyone again. */
-static bool
-apply_events(List *events)
-{
-	ApplyStep	a = {events, 0, 0};
-
-	if (!lhd_bgw_protected_unit(apply_unit, &a, "applying a member event"))
-	{
-		ereport(LOG, (errmsg("lhdiscord gateway: the member state is listed again")));
-		gw.seeded = false;
-		gw.reseed_at = lhd_now_ms() + 1000;
-		return false;
-	}
-	status.events += a.applied;
-	status.last_event_at = GetCurrentTimestamp();
-	gw.last_touch = lhd_now_ms();
-	return true;
-}
-
-static void
-on_chunk(const LhdGwFrame *f)
-{
-	SeedStep	s = {f, false, 0};
-
-	if (!gw.seeding || f->chunk_nonce == NULL || strcmp(f->chunk_nonce, gw.nonce) != 0)
-		return;
-	if (!lhd_bgw_protected_unit(seed_chunk_unit, &s, "storing a member chunk"))
-	{
-		stop_seeding();
-		gw.reseed_at = lhd_now_ms() + 1000;
-		return;
-	}
-	if (++gw.chunks_seen < f->chunk_count)
-		return;
-	if (!lhd_bgw_protected_unit(seed_complete_unit, &s, "completing the member listing"))
-	{
-		stop_seeding();
-		gw.reseed_at = lhd_now_ms() + 1000;
-		return;
-	}
-	gw.seeding = false;
-	gw.seeded = true;
-	ereport(LOG,
-			(errmsg("lhdiscord gateway: member listing complete in snapshot " INT64_FORMAT " (%d chunks, %s); %d event(s) that arrived meanwhile follow",
-					gw.snapshot_id, gw.chunks_seen, s.trusted ? "trusted" : "held by the shrink guard",
-					list_length(gw.buffered))));
-	if (gw.buffered != NIL)
-	{
-		List	   *events = gw.buffered;
-
-		gw.buffered = NIL;
-		(void) apply_events(events);
-		list_free_deep(events);
-	}
-	status.last_event_at = GetCurrentTimestamp();
-	{
-		int64		changed = 0;
-
-		if (lhd_bgw_protected_unit(reconcile_unit, &changed, "reconciling after the member listing") &&
-			changed != 0)
-			ereport(LOG,
-					(errmsg("lhdiscord gateway: reconcile after the member listing: %s",
-							changed < 0 ? "stopped by its guard" : psprintf(INT64_FORMAT " change(s)", changed))));
-	}
-	publish();
-}
-
-/* A member event: applied now, kept for after the listing, or not needed. */
-static void
-on_member_event(const LhdGwFrame *f)
-{
-	MemoryContext old;
-	LhdGwEvent *ev;
-
-	if (f->guild_id == NULL || strcmp(f->guild_id, lhd_guild_id) != 0 || f->member.user_id == NULL)
-		return;
-	if (!gw.seeding && !gw.seeded)
-		return;					/* a listing is due and will hold it */
-	old = MemoryContextSwitchTo(gw.seeding ? gateway_cxt : message_cxt);
-	ev = palloc0(sizeof(LhdGwEvent));
-	ev->kind = strcmp(f->type, "GUILD_MEMBER_REMOVE") == 0 ? LHD_GW_REMOVE
-		: strcmp(f->type, "GUILD_MEMBER_ADD") == 0 ? LHD_GW_ADD : LHD_GW_UPDATE;
-	ev->type = ev->kind == LHD_GW_REMOVE ? "GUILD_MEMBER_REMOVE"
-		: ev->kind == LHD_GW_ADD ? "GUILD_MEMBER_ADD" : "GUILD_MEMBER_UPDATE";
-	ev->seq = f->seq;
-	ev->user_id = pstrdup(f->member.user_id);
-	ev->nroles = f->member.nroles;
-	ev->roles = palloc0(sizeof(char *) * (ev->nroles + 1));
-	for (int i = 0; i < ev->nroles; i++)
-		ev->roles[i] = pstrdup(f->member.roles[i]);
-	if (gw.seeding)
-	{
-		if (list_length(gw.buffered) >= GW_SEED_BUFFER_MAX)
-		{
-			MemoryContextSwitchTo(old);
-			ereport(LOG, (errmsg("lhdiscord gateway: too many events during the member listing; listing again")));
-			gw.reseed_at = lhd_now_ms();
-			stop_seeding();
-			return;
-		}
-		gw.buffered = lappend(gw.buffered, ev);
-		MemoryContextSwitchTo(old);
-		return;
-	}
-	MemoryContextSwitchTo(old);
-	(void) apply_events(list_make1(ev));
-	publish();
-}
-
-/* A heartbeat ACK from a healthy session: the live state is current. */
-static void
-on_healthy(void)
-{
-	if (!gw.seeded || lhd_now_ms() - gw.last_touch < GW_TOUCH_MS)
-		return;
-	if (lhd_bgw_protected_unit(touch_unit, NULL, "marking the member state current"))
-	{
-		gw.last_touch = lhd_now_ms();
-		status.last_event_at = GetCurrentTimestamp();
-	}
-}
-
-/* ---------- the protocol ---------- */
 
 static void
 on_hello(long interval)
@@ -792,15 +497,15 @@ on_dispatch(const LhdGwFrame *f)
 		status.resumes++;
 		status.connected_at = GetCurrentTimestamp();
 		ereport(LOG, (errmsg("lhdiscord gateway: session resumed at sequence %lld", gw.seq)));
-		if (!gw.seeded && !gw.seeding)
+		if (!lhd_gw_live.seeded && !lhd_gw_live.seeding)
 			start_seeding();
 		else
-			on_healthy();
+			lhd_gw_live_healthy();
 	}
 	else if (strcmp(f->type, "GUILD_MEMBERS_CHUNK") == 0)
-		on_chunk(f);
+		lhd_gw_live_chunk(f);
 	else if (strncmp(f->type, "GUILD_MEMBER_", 13) == 0)
-		on_member_event(f);
+		lhd_gw_live_event(f);
 	publish();
 }
 
@@ -829,7 +534,7 @@ handle_message(const char *text)
 			break;
 		case LHD_GW_OP_HEARTBEAT_ACK:
 			gw.awaiting_ack = false;
-			on_healthy();
+			lhd_gw_live_healthy();
 			break;
 		case LHD_GW_OP_RECONNECT:
 			ereport(LOG, (errmsg("lhdiscord gateway: Discord asked for a reconnect; resuming")));
@@ -935,7 +640,7 @@ run_timers(void)
 	}
 	if (gw.identify_at != 0 && now >= gw.identify_at)
 		send_identify();
-	if (gw.reseed_at != 0 && now >= gw.reseed_at && gw.phase == GW_CONNECTED)
+	if (lhd_gw_live.reseed_at != 0 && now >= lhd_gw_live.reseed_at && gw.phase == GW_CONNECTED)
 		start_seeding();
 }
 
@@ -1077,6 +782,7 @@ lhdiscord_gateway_main(Datum main_arg)
 
 	memset(&gw, 0, sizeof(gw));
 	memset(&status, 0, sizeof(status));
+	lhd_gw_live_init(gateway_cxt);
 	status.pid = MyProcPid;
 	gw.phase = GW_DISCONNECTED;
 	publish();

@@ -12,8 +12,8 @@
  * bucket.  The global limit must hold where Discord counts, by arrival:
  * requests are spread evenly (one every 1/(0.96 x limit) s, no bursts that
  * the network could bunch further), and a sliding window over send times
- * keeps any 1.03 s under the limit less one (a ceiling of 0.95 of the
- * limit).  A bucket is assumed refilled
+ * keeps any 1.045 s under the limit less one (a ceiling of 0.94 of the
+ * limit: 45 ms of skew between send and arrival are absorbed).  A bucket is assumed refilled
  * only BUCKET_MARGIN_MS after its reset, so a request does not reach Discord
  * just before the reset there.
  * A 429 blocks the bucket or, when global, everything, for retry_after.
@@ -39,7 +39,7 @@
 #define WINDOW_SECONDS	600
 #define GLOBAL_RING		1024	/* max global limit that is tracked exactly */
 #define MARGIN_MS		15		/* slack against clock granularity */
-#define WINDOW_MARGIN_MS 30		/* send vs. arrival skew, for the global window */
+#define WINDOW_MARGIN_MS 45		/* send vs. arrival skew, for the global window */
 #define BUCKET_MARGIN_MS 100	/* our clock vs. Discord's, for a bucket's reset */
 #define PACE_FRACTION	0.96	/* of the global limit, for even spacing */
 

@@ -48,7 +48,7 @@ my $ws = sub { $q->("SELECT $_[0] FROM lhdiscord.worker_status") };
 
 is($q->(q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'lhdiscord gateway'}), '1',
 	'the Gateway worker runs as "lhdiscord gateway"');
-ok(wait_for(sub { $ws->('gateway_seeded') eq 't' }, 20), 'the member listing of the new session is complete')
+ok(wait_for(sub { $ws->('gateway_seeded') eq 't' }, 45), 'the member listing of the new session is complete')
   or diag($q->('SELECT gateway_state, gateway_alarm, last_error FROM lhdiscord.worker_status'));
 my $snap = $ws->('gateway_snapshot_id');
 is($q->("SELECT source || ' ' || complete || ' ' || trusted || ' ' || member_count FROM lhdiscord.member_snapshots WHERE id = $snap"),
@@ -131,7 +131,7 @@ ok(wait_for(sub { $q->(q{SELECT string_agg(user_id || ':' || status, ',' ORDER B
 mock_post('/_mock/gateway/faults', { action => 'refuse_resume', count => 1 });
 mock_post('/_mock/gateway/faults', { action => 'drop' });
 mock_put("/_mock/members/@{[GUILD_ID]}/$A/roles/$ENT");
-ok(wait_for(sub { $ws->('gateway_snapshot_id') ne $snap && $ws->('gateway_seeded') eq 't' }, 20),
+ok(wait_for(sub { $ws->('gateway_snapshot_id') ne $snap && $ws->('gateway_seeded') eq 't' }, 45),
 	'resume refused: re-identified and listed everyone again');
 is(mock_get('/_mock/gateway/stats')->{identifies}, 2, 'with a second IDENTIFY');
 is(live_members(), discord_members(), 'the new state equals the mock');
@@ -164,7 +164,7 @@ $conns = mock_get('/_mock/gateway/stats')->{connections_total};
 sleep 3;
 is(mock_get('/_mock/gateway/stats')->{connections_total}, $conns, 'no reconnect in 3 s');
 $q->('SELECT pg_reload_conf()');
-ok(wait_for(sub { $ws->('gateway_state') eq 'connected' && $ws->('gateway_seeded') eq 't' }, 20), 'a reload connects again');
+ok(wait_for(sub { $ws->('gateway_state') eq 'connected' && $ws->('gateway_seeded') eq 't' }, 45), 'a reload connects again');
 is($ws->('gateway_alarm'), '', 'the alarm is cleared');
 
 # 4014: the intent.
@@ -175,7 +175,7 @@ $conns = mock_get('/_mock/gateway/stats')->{connections_total};
 sleep 2;
 is(mock_get('/_mock/gateway/stats')->{connections_total}, $conns, 'no reconnect');
 $q->('SELECT pg_reload_conf()');
-ok(wait_for(sub { $ws->('gateway_state') eq 'connected' }, 20), 'a reload connects again');
+ok(wait_for(sub { $ws->('gateway_state') eq 'connected' }, 45), 'a reload connects again');
 
 # A reconnect storm: every session is invalidated as soon as it is ready;
 # IDENTIFY keeps its pace.
@@ -194,7 +194,7 @@ my $min = 1e9;
 $min = ($times[$_] - $times[$_ - 1] < $min ? $times[$_] - $times[$_ - 1] : $min) for 1 .. $#times;
 cmp_ok($min, '>=', 5.0, sprintf('at most one IDENTIFY per 5 s (closest %.2f s apart)', $min));
 is(mock_get('/_mock/gateway/stats')->{identifies_refused}{rate_limited}, 0, 'none refused by the mock in the whole test');
-ok(wait_for(sub { $ws->('gateway_state') eq 'connected' && $ws->('gateway_seeded') eq 't' }, 20), 'connected again after the storm');
+ok(wait_for(sub { $ws->('gateway_state') eq 'connected' && $ws->('gateway_seeded') eq 't' }, 45), 'connected again after the storm');
 is(live_members(), discord_members(), 'with the state of the guild');
 
 # A listing that shrank past lhdiscord.snapshot_max_shrink_percent is held:
@@ -203,7 +203,7 @@ my $trusted = $ws->('gateway_snapshot_id');
 mock_post('/_mock/guilds', { id => GUILD_ID, auto_roles => JSON::PP::true,
 	members => [ { id => $A, username => 'alice.d', roles => [$ENT] } ] });
 mock_post('/_mock/gateway/faults', { action => 'invalid_session', resumable => JSON::PP::false });
-ok(wait_for(sub { $ws->('gateway_snapshot_id') ne $trusted && $ws->('gateway_seeded') eq 't' }, 20),
+ok(wait_for(sub { $ws->('gateway_snapshot_id') ne $trusted && $ws->('gateway_seeded') eq 't' }, 45),
 	'a new listing of a guild of 1 member');
 my $held = $ws->('gateway_snapshot_id');
 is($q->("SELECT trusted FROM lhdiscord.member_snapshots WHERE id = $held"), 'f', 'it is held by the shrink guard');
@@ -223,7 +223,7 @@ mock_post('/_mock/gateway/faults', { action => 'drop' });
 ok(wait_for(sub { $ws->('gateway_state') eq 'stopped' }, 10), 'a plain ws:// resume URL off loopback: stopped');
 like($ws->('gateway_alarm'), qr{not wss://.*ws://gateway\.example\.com}, 'the alarm says why');
 $q->('SELECT pg_reload_conf()');
-ok(wait_for(sub { $ws->('gateway_state') eq 'connected' && $ws->('gateway_seeded') eq 't' }, 20),
+ok(wait_for(sub { $ws->('gateway_state') eq 'connected' && $ws->('gateway_seeded') eq 't' }, 45),
 	'a reload starts a new session from GET /gateway/bot');
 
 # Never the cluster's problem.

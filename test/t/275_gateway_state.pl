@@ -37,7 +37,7 @@ $q->(qq{
 	COMMIT;
 });
 my $ws = sub { $q->("SELECT $_[0] FROM lhdiscord.worker_status") };
-ok(wait_for(sub { $ws->('gateway_seeded') eq 't' }, 20), 'listed');
+ok(wait_for(sub { $ws->('gateway_seeded') eq 't' }, 45), 'listed');
 
 # Healthy: no event for longer than snapshot_max_age, still fresh.
 sleep $MAX_AGE + 2;
@@ -62,7 +62,7 @@ is($q->('SELECT status FROM lhdiscord.users WHERE user_id = 1'), 'suspended', 'a
 
 # It comes back: a new listing, and the reconcile after it.
 $q->('SELECT pg_reload_conf()');
-ok(wait_for(sub { $ws->('gateway_seeded') eq 't' && $ws->('gateway_state') eq 'connected' }, 20), 'the Gateway is back and listed');
+ok(wait_for(sub { $ws->('gateway_seeded') eq 't' && $ws->('gateway_state') eq 'connected' }, 45), 'the Gateway is back and listed');
 ok(wait_for(sub { $q->('SELECT status FROM lhdiscord.users WHERE user_id = 1') eq 'active' }, 5),
 	'alice is active again');
 is($q->('SELECT lhdiscord.has_access(1)'), 't', 'with access');
