@@ -28,7 +28,7 @@
 #include "lhd_json.h"
 
 #define GW_SEED_BUFFER_MAX		100000	/* events kept while the listing arrives */
-#define GW_TOUCH_MS				1000	/* freshness is written at most this often */
+#define GW_TOUCH_MS				100		/* freshness is written at most this often (an ACK comes once an interval) */
 
 LhdGwLive	lhd_gw_live;
 
@@ -78,7 +78,6 @@ typedef struct ApplyStep
 {
 	List	   *events;			/* LhdGwEvent * */
 	int			applied;
-	int			reconciled;
 } ApplyStep;
 
 static void
@@ -90,7 +89,7 @@ apply_unit(void *arg)
 
 	foreach(lc, a->events)
 	{
-		a->reconciled += lhd_gw_apply_event(lhd_gw_live.snapshot_id, lfirst(lc), role_id);
+		lhd_gw_apply_event(lhd_gw_live.snapshot_id, lfirst(lc), role_id);
 		a->applied++;
 	}
 }
@@ -151,7 +150,7 @@ lhd_gw_live_retry(void)
 static bool
 apply_events(List *events)
 {
-	ApplyStep	a = {events, 0, 0};
+	ApplyStep	a = {events, 0};
 
 	if (!lhd_bgw_protected_unit(apply_unit, &a, "applying a member event"))
 	{

@@ -159,10 +159,10 @@ repair_drift(const LhdGwEvent *ev)
 }
 
 /*
- * Apply one member event to the live snapshot and act on it; returns the
- * portal users reconciled because of it.
+ * Apply one member event to the live snapshot and act on it for the
+ * portal user it concerns.
  */
-int
+void
 lhd_gw_apply_event(int64 snapshot_id, const LhdGwEvent *ev, const char *entitlement_role_id)
 {
 	static LhdPlan old_plan = {
@@ -201,10 +201,9 @@ lhd_gw_apply_event(int64 snapshot_id, const LhdGwEvent *ev, const char *entitlem
 	bool		had = false;
 	bool		has;
 	int			delta = 0;
-	int			reconciled = 0;
 
 	if (ev->user_id == NULL || !lhd_is_snowflake(ev->user_id))
-		return 0;
+		return;
 	values[0] = Int64GetDatum(snapshot_id);
 	values[1] = CStringGetTextDatum(ev->user_id);
 	existed = lhd_exec(&old_plan, values, NULL, false, 1) == 1;
@@ -247,9 +246,8 @@ lhd_gw_apply_event(int64 snapshot_id, const LhdGwEvent *ev, const char *entitlem
 		for (int i = 0; i < n; i++)
 			users[i] = DatumGetInt64(lhd_getattr(i, 1, &isnull));
 		for (int i = 0; i < n; i++)
-			reconciled += lhd_reconcile_user_because(users[i], evidence) >= 0 ? 1 : 0;
+			(void) lhd_reconcile_user_because(users[i], evidence);
 	}
 	if (ev->kind != LHD_GW_REMOVE)
 		repair_drift(ev);
-	return reconciled;
 }

@@ -39,7 +39,7 @@ extern int64 lhd_gw_seed_begin(void);
 extern int	lhd_gw_seed_chunk(int64 snapshot_id, const char *members_json);
 extern bool lhd_gw_seed_complete(int64 snapshot_id);
 extern void lhd_gw_touch(int64 snapshot_id);
-extern int	lhd_gw_apply_event(int64 snapshot_id, const LhdGwEvent *ev,
+extern void lhd_gw_apply_event(int64 snapshot_id, const LhdGwEvent *ev,
 							   const char *entitlement_role_id);
 
 /* gateway_live.c: the session's member state. */
